@@ -1,0 +1,488 @@
+"""Data augmentation on device: jittable pure functions of (key, images), the chapter's 12.6.1.
+
+Every random transform has the signature `fn(key, images, **options) -> images`, with `images` a
+float (N, H, W, C) batch. The key is explicit, nothing draws Python randomness, and every shape is
+static, so a transform runs inside the jitted train step and inside a `lax.scan` over an epoch.
+Each image in a batch gets its own draw (its own shift, angle, box), except in `mixup` / `cutmix`,
+which follow their papers' reference code: one mixing coefficient per batch. The public
+transforms are `jax.jit`-wrapped with their options static (so tuple options must be tuples, not
+lists): an eager call compiles once, and inside another jit they are simply inlined.
+
+Background. Images arrive already normalized, so "black" is not 0. Where a transform uncovers
+pixels (shift, rotation), they are filled with the per-image, per-channel minimum (`fill="min"`):
+for MNIST, normalized globally, that is exactly the background value; for natural images it is the
+darkest value of that channel, close to the zero padding torchvision's `RandomCrop(padding=...)`
+applies before normalization. `fill="edge"` replicates the border pixels instead.
+
+Transforms that change the labels, `mixup` and `cutmix`, take and return the one-hot labels too;
+they are not in `get`, whose transforms map images to images.
+
+Config names (`cfg.train.augment`) resolve through `get(name)`:
+  "none"          no augmentation (None)
+  "shift"         random_shift, max_shift=2
+  "shift_rotate"  random_rotation up to 10 degrees, then random_shift 2 px
+  "flip_crop"     random_flip, then random_shift 4 px (torchvision's RandomCrop(padding=4))
+  "erasing"       random_erasing with its defaults
+  "color_jitter"  color_jitter with its defaults (brightness 0.2, contrast 0.2)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.scipy import ndimage
+
+Array = jax.Array
+Augment = Callable[[Array, Array], Array]  # (key, images) -> images
+
+FILLS = ("edge", "min")
+# torchvision's RandomErasing draws up to 10 boxes and keeps the first that fits; so do we,
+# all 10 at once so the shape is static.
+ERASING_ATTEMPTS = 10
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation (runs at trace time on static Python values)
+
+
+def _check_images(images: Array, name: str = "images") -> tuple[int, int, int, int]:
+    if images.ndim != 4:
+        raise ValueError(f"{name}: expected a (N, H, W, C) batch; got shape {tuple(images.shape)}")
+    return tuple(int(s) for s in images.shape)
+
+
+def _check_probability(value: float, field: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{field}: {value!r} is not a probability; expected 0 <= {field} <= 1")
+
+
+def _check_fill(fill: str, field: str) -> None:
+    if fill not in FILLS:
+        raise ValueError(f"{field}: unknown {fill!r}; expected one of {list(FILLS)}")
+
+
+def _check_range(bounds: Sequence[float], field: str, *, low: float, high: float) -> None:
+    if len(bounds) != 2 or not low <= bounds[0] <= bounds[1] <= high:
+        raise ValueError(f"{field}: {tuple(bounds)!r}; expected (lo, hi) with "
+                         f"{low} <= lo <= hi <= {high}")
+
+
+def _check_labels(images: Array, labels_onehot: Array) -> None:
+    if labels_onehot.ndim != 2 or labels_onehot.shape[0] != images.shape[0]:
+        raise ValueError(f"labels_onehot: expected shape (N, num_classes) with N = "
+                         f"{images.shape[0]}; got {tuple(labels_onehot.shape)}")
+
+
+def _background(images: Array) -> Array:
+    """The per-image, per-channel minimum, shape (N, 1, 1, C): the fill for uncovered pixels."""
+    return jnp.min(images, axis=(1, 2), keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometric transforms
+
+
+@functools.partial(jax.jit, static_argnames=('p',))
+def random_flip(key: Array, images: Array, p: float = 0.5) -> Array:
+    """Horizontal flip of each image with probability p (torchvision's RandomHorizontalFlip).
+
+    The oldest label-preserving augmentation (Krizhevsky et al. 2012, "ImageNet Classification
+    with Deep Convolutional Neural Networks"). Only for data whose labels survive a mirror:
+    natural images yes, digits no.
+
+    Args:
+      key: PRNG key.
+      images: (N, H, W, C) batch.
+      p: probability that an image is flipped, independently per image.
+
+    Returns:
+      The batch with a random subset of images mirrored left-right (axis 2).
+    """
+    _check_images(images)
+    _check_probability(p, "random_flip.p")
+    flip = jax.random.bernoulli(key, p, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+@functools.partial(jax.jit, static_argnames=('fill',))
+def shift_images(images: Array, shifts: Array, fill: str = "min") -> Array:
+    """Translate each image by an integer number of pixels: the deterministic core of random_shift.
+
+    out[i, y, x] = images[i, y - dy_i, x - dx_i] where that pixel exists, and the fill otherwise:
+    numpy's `np.roll` without the wrap-around. A gather, so any shift works without a static pad.
+
+    Args:
+      images: (N, H, W, C) batch.
+      shifts: (N, 2) integers (dy, dx); positive dy moves content down, positive dx right.
+      fill: "min" fills uncovered pixels with the per-image, per-channel minimum (the background
+        of normalized MNIST); "edge" replicates the border pixel.
+
+    Returns:
+      The shifted batch, same shape and dtype.
+    """
+    n, h, w, _ = _check_images(images)
+    _check_fill(fill, "shift_images.fill")
+    if shifts.shape != (n, 2):
+        raise ValueError(f"shifts: expected shape ({n}, 2); got {tuple(shifts.shape)}")
+    shifts = shifts.astype(jnp.int32)
+    rows = jnp.arange(h)[None, :] - shifts[:, 0:1]  # (N, H): source row of each output row
+    cols = jnp.arange(w)[None, :] - shifts[:, 1:2]  # (N, W)
+    # Clipping the source index is edge replication; "min" then overwrites the uncovered pixels.
+    out = jnp.take_along_axis(images, jnp.clip(rows, 0, h - 1)[:, :, None, None], axis=1)
+    out = jnp.take_along_axis(out, jnp.clip(cols, 0, w - 1)[:, None, :, None], axis=2)
+    if fill == "edge":
+        return out
+    inside = (((rows >= 0) & (rows < h))[:, :, None, None]
+              & ((cols >= 0) & (cols < w))[:, None, :, None])
+    return jnp.where(inside, out, _background(images))
+
+
+def sample_shifts(key: Array, num_images: int, max_shift: int) -> Array:
+    """The (N, 2) integer shifts (dy, dx) random_shift draws: uniform on [-max_shift, max_shift]."""
+    return jax.random.randint(key, (num_images, 2), -max_shift, max_shift + 1)
+
+
+@functools.partial(jax.jit, static_argnames=('max_shift', 'fill'))
+def random_shift(key: Array, images: Array, max_shift: int = 2, fill: str = "min") -> Array:
+    """Random translation of each image by up to max_shift pixels on each axis.
+
+    The "random crop with padding" of the chapter (torchvision's `RandomCrop(size,
+    padding=max_shift)`, used on CIFAR since Krizhevsky et al. 2012 and He et al. 2016, "Deep
+    Residual Learning for Image Recognition"): padding by m and cropping at a uniform offset
+    o in [0, 2m] is a shift by m - o, uniform on [-m, m], independently on each axis.
+
+    Args:
+      key: PRNG key.
+      images: (N, H, W, C) batch.
+      max_shift: the largest shift in pixels, >= 0.
+      fill: "min" (per-image, per-channel minimum) or "edge" (replicate the border).
+
+    Returns:
+      The shifted batch, same shape and dtype.
+    """
+    n, _, _, _ = _check_images(images)
+    if int(max_shift) != max_shift or max_shift < 0:
+        raise ValueError(f"random_shift.max_shift: {max_shift!r}; expected an integer >= 0")
+    return shift_images(images, sample_shifts(key, n, int(max_shift)), fill=fill)
+
+
+@functools.partial(jax.jit, static_argnames=('fill',))
+def rotate_images(images: Array, degrees: Array, fill: str = "min") -> Array:
+    """Rotate each image about its centre by its own angle: the deterministic core of random_rotation.
+
+    Positive angles turn the picture counter-clockwise as displayed (row 0 at the top), the
+    convention of torchvision's `rotate` and numpy's `np.rot90`. Output pixel (y, x) samples the
+    input at the inverse rotation about c = ((H-1)/2, (W-1)/2):
+        y' = c_y + (x - c_x) sin t + (y - c_y) cos t,   x' = c_x + (x - c_x) cos t - (y - c_y) sin t,
+    by bilinear interpolation (`jax.scipy.ndimage.map_coordinates`, order=1).
+
+    Args:
+      images: (N, H, W, C) batch.
+      degrees: (N,) angles in degrees.
+      fill: "min" fills the corners uncovered by the rotation with the per-image, per-channel
+        minimum; "edge" takes the nearest border pixel.
+
+    Returns:
+      The rotated batch, same shape and dtype.
+    """
+    n, h, w, _ = _check_images(images)
+    _check_fill(fill, "rotate_images.fill")
+    if degrees.shape != (n,):
+        raise ValueError(f"degrees: expected shape ({n},); got {tuple(degrees.shape)}")
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy,
+                        jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
+    mode = "nearest" if fill == "edge" else "constant"
+
+    def rotate_one(image, angle):  # (H, W, C), ()
+        t = jnp.deg2rad(angle.astype(jnp.float32))
+        cos, sin = jnp.cos(t), jnp.sin(t)
+        src = [cy + x * sin + y * cos, cx + x * cos - y * sin]
+
+        def channel(plane):
+            return ndimage.map_coordinates(plane, src, order=1, mode=mode, cval=0.0)
+
+        return jax.vmap(channel, in_axes=2, out_axes=2)(image)
+
+    # map_coordinates wants a static cval, and the background is data. Bilinear weights sum to 1,
+    # so rotating (x - bg) with cval 0 and adding bg back is the same as rotating x with cval bg.
+    background = _background(images)
+    rotated = jax.vmap(rotate_one)((images - background).astype(jnp.float32), degrees)
+    return (rotated + background).astype(images.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=('max_degrees', 'fill'))
+def random_rotation(key: Array, images: Array, max_degrees: float = 10.0,
+                    fill: str = "min") -> Array:
+    """Rotation of each image by an angle uniform on [-max_degrees, max_degrees].
+
+    torchvision's `RandomRotation(max_degrees)` with bilinear interpolation; small rotations
+    (about 10-15 degrees) are the classic label-preserving distortion for digits (Simard et al.
+    2003, "Best Practices for Convolutional Neural Networks Applied to Visual Document Analysis").
+
+    Args:
+      key: PRNG key.
+      images: (N, H, W, C) batch.
+      max_degrees: the largest angle in degrees, >= 0.
+      fill: "min" (per-image, per-channel minimum) or "edge" (nearest border pixel).
+
+    Returns:
+      The rotated batch, same shape and dtype.
+    """
+    n, _, _, _ = _check_images(images)
+    if max_degrees < 0:
+        raise ValueError(f"random_rotation.max_degrees: {max_degrees!r}; expected >= 0")
+    degrees = jax.random.uniform(key, (n,), minval=-max_degrees, maxval=max_degrees)
+    return rotate_images(images, degrees, fill=fill)
+
+
+# --------------------------------------------------------------------------------------------------
+# Photometric transforms
+
+
+@functools.partial(jax.jit, static_argnames=('brightness', 'contrast', 'saturation'))
+def color_jitter(key: Array, images: Array, brightness: float = 0.2, contrast: float = 0.2,
+                 saturation: float = 0.0) -> Array:
+    """Random brightness, contrast and (for RGB) saturation of each image, in that order.
+
+    torchvision's `ColorJitter` (as in Krizhevsky et al. 2012's colour augmentation, simplified),
+    adapted to normalized images. Each factor is drawn per image, uniform on [1 - s, 1 + s]:
+      brightness b: x <- m0 + b (x - m0), m0 the per-image, per-channel minimum (the "black" that
+                    torchvision's x <- b x scales towards, in normalized units);
+      contrast c:   x <- mu + c (x - mu), mu the per-image mean over all pixels and channels;
+      saturation s: x <- g + s (x - g), g the per-pixel mean over channels; only for C == 3, and
+                    a no-op for other C, as torchvision leaves grayscale images alone.
+    Unlike torchvision, the order is fixed and nothing is clipped (normalized data has no [0, 1]).
+
+    Args:
+      key: PRNG key.
+      images: (N, H, W, C) batch.
+      brightness, contrast, saturation: strengths s in [0, 1]; 0 turns that part off.
+
+    Returns:
+      The jittered batch, same shape and dtype.
+    """
+    n, _, _, c = _check_images(images)
+    for field, value in (("brightness", brightness), ("contrast", contrast),
+                         ("saturation", saturation)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"color_jitter.{field}: {value!r}; expected 0 <= {field} <= 1")
+    b_key, c_key, s_key = jax.random.split(key, 3)
+
+    def factor(k, strength):
+        return jax.random.uniform(k, (n, 1, 1, 1), images.dtype, 1.0 - strength, 1.0 + strength)
+
+    # x + (f - 1)(x - ref) rather than ref + f (x - ref): exactly the identity when f == 1.
+    out = images
+    if brightness > 0:
+        out = out + (factor(b_key, brightness) - 1.0) * (out - _background(out))
+    if contrast > 0:
+        out = out + (factor(c_key, contrast) - 1.0) * (out - out.mean(axis=(1, 2, 3), keepdims=True))
+    if saturation > 0 and c == 3:
+        out = out + (factor(s_key, saturation) - 1.0) * (out - out.mean(axis=3, keepdims=True))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=('p', 'scale', 'ratio', 'value'))
+def random_erasing(key: Array, images: Array, p: float = 0.25,
+                   scale: tuple[float, float] = (0.02, 0.33),
+                   ratio: tuple[float, float] = (0.3, 3.3),
+                   value: float | str = 0.0) -> Array:
+    """Random Erasing (Zhong et al. 2017, "Random Erasing Data Augmentation"; also "Cutout").
+
+    With probability p per image, a rectangle of area A = s H W, s ~ U(scale), and aspect
+    h / w = r, log r ~ U(log ratio), gets h = round(sqrt(A r)), w = round(sqrt(A / r)) and a
+    top-left corner uniform over the positions where it fits; its pixels are replaced by `value`.
+    The paper redraws until the box fits; like torchvision we try 10 draws (all at once, so the
+    shape stays static), keep the first that fits, and erase nothing if none does. The erased
+    area is then A up to the rounding of h and w. Draws of log r are uniform, as in torchvision,
+    so tall and wide boxes are equally likely.
+
+    Args:
+      key: PRNG key.
+      images: (N, H, W, C) batch.
+      p: probability that an image gets a box.
+      scale: (lo, hi) bounds on the erased fraction of the image, within [0, 1].
+      ratio: (lo, hi) bounds on the aspect ratio h / w, > 0.
+      value: the fill, a number (0.0 is the dataset mean of normalized data), or "random" for
+        per-pixel standard normal noise (the paper's random values, in normalized units).
+
+    Returns:
+      The batch with the boxes filled, same shape and dtype.
+    """
+    n, h, w, c = _check_images(images)
+    _check_probability(p, "random_erasing.p")
+    _check_range(scale, "random_erasing.scale", low=0.0, high=1.0)
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"random_erasing.ratio: {tuple(ratio)!r}; expected (lo, hi) with "
+                         f"0 < lo <= hi")
+    if isinstance(value, str) and value != "random":
+        raise ValueError(f"random_erasing.value: unknown {value!r}; expected a number or 'random'")
+    apply_key, area_key, ratio_key, y_key, x_key, noise_key = jax.random.split(key, 6)
+    shape = (n, ERASING_ATTEMPTS)
+    area = jax.random.uniform(area_key, shape, minval=scale[0], maxval=scale[1]) * (h * w)
+    aspect = jnp.exp(jax.random.uniform(ratio_key, shape, minval=math.log(ratio[0]),
+                                        maxval=math.log(ratio[1])))
+    box_h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+    box_w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+    fits = (box_h >= 1) & (box_h <= h) & (box_w >= 1) & (box_w <= w)
+    first = jnp.argmax(fits, axis=1)  # index of the first box that fits (0 if none does)
+    box_h = jnp.take_along_axis(box_h, first[:, None], axis=1)[:, 0]
+    box_w = jnp.take_along_axis(box_w, first[:, None], axis=1)[:, 0]
+    erase = jax.random.bernoulli(apply_key, p, (n,)) & jnp.any(fits, axis=1)
+    # Corner uniform on {0, ..., H - h}: floor(u (H - h + 1)), clipped against u's float rounding.
+    top = jnp.minimum(jnp.floor(jax.random.uniform(y_key, (n,)) * (h - box_h + 1)).astype(jnp.int32),
+                      h - box_h)
+    left = jnp.minimum(jnp.floor(jax.random.uniform(x_key, (n,)) * (w - box_w + 1)).astype(jnp.int32),
+                       w - box_w)
+    rows = jnp.arange(h)[None, :]
+    cols = jnp.arange(w)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])  # (N, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])  # (N, W)
+    mask = in_rows[:, :, None, None] & in_cols[:, None, :, None] & erase[:, None, None, None]
+    if value == "random":
+        fill = jax.random.normal(noise_key, images.shape, images.dtype)
+    else:
+        fill = jnp.asarray(value, images.dtype)
+    return jnp.where(mask, fill, images)
+
+
+# --------------------------------------------------------------------------------------------------
+# Label-mixing transforms
+
+
+@functools.partial(jax.jit, static_argnames=('alpha',))
+def mixup(key: Array, images: Array, labels_onehot: Array,
+          alpha: float = 0.2) -> tuple[Array, Array]:
+    """mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization").
+
+    With lam ~ Beta(alpha, alpha) and a random permutation pi of the batch,
+        x~_i = lam x_i + (1 - lam) x_pi(i),   y~_i = lam y_i + (1 - lam) y_pi(i).
+    One lam per batch, pairs from a shuffled copy of the batch, as in the paper's code.
+
+    Args:
+      key: PRNG key.
+      images: (N, H, W, C) batch.
+      labels_onehot: (N, K) one-hot (or already soft) labels.
+      alpha: Beta concentration, > 0; small alpha keeps lam near 0 or 1.
+
+    Returns:
+      (mixed images, mixed labels), each row of the labels still summing to 1.
+    """
+    _check_images(images)
+    _check_labels(images, labels_onehot)
+    if alpha <= 0:
+        raise ValueError(f"mixup.alpha: {alpha!r}; expected > 0")
+    lam_key, perm_key = jax.random.split(key)
+    lam = jax.random.beta(lam_key, alpha, alpha)
+    perm = jax.random.permutation(perm_key, images.shape[0])
+    mixed_images = lam.astype(images.dtype) * images + (1 - lam).astype(images.dtype) * images[perm]
+    lam_y = lam.astype(labels_onehot.dtype)
+    mixed_labels = lam_y * labels_onehot + (1 - lam_y) * labels_onehot[perm]
+    return mixed_images, mixed_labels
+
+
+@functools.partial(jax.jit, static_argnames=('alpha',))
+def cutmix(key: Array, images: Array, labels_onehot: Array,
+           alpha: float = 1.0) -> tuple[Array, Array]:
+    """CutMix (Yun et al. 2019, "CutMix: Regularization Strategy to Train Strong Classifiers").
+
+    With lam ~ Beta(alpha, alpha) and a random permutation pi of the batch, a box of size
+    (floor(H sqrt(1 - lam)), floor(W sqrt(1 - lam))) centred at a uniform pixel, clipped to the
+    image, is cut from x_pi(i) and pasted onto x_i. Since clipping can shrink the box, the label
+    weight is recomputed from the pasted area, as in the paper's code:
+        lam' = 1 - box area / (H W),   y~_i = lam' y_i + (1 - lam') y_pi(i).
+    One box per batch, as in the paper's code.
+
+    Args:
+      key: PRNG key.
+      images: (N, H, W, C) batch.
+      labels_onehot: (N, K) one-hot (or already soft) labels.
+      alpha: Beta concentration, > 0 (the paper uses 1, i.e. lam uniform).
+
+    Returns:
+      (images with the pasted box, mixed labels weighted by the exact pasted area).
+    """
+    _, h, w, _ = _check_images(images)
+    _check_labels(images, labels_onehot)
+    if alpha <= 0:
+        raise ValueError(f"cutmix.alpha: {alpha!r}; expected > 0")
+    lam_key, perm_key, y_key, x_key = jax.random.split(key, 4)
+    lam = jax.random.beta(lam_key, alpha, alpha)
+    perm = jax.random.permutation(perm_key, images.shape[0])
+    cut = jnp.sqrt(1.0 - lam)
+    cut_h = jnp.floor(h * cut).astype(jnp.int32)
+    cut_w = jnp.floor(w * cut).astype(jnp.int32)
+    cy = jax.random.randint(y_key, (), 0, h)
+    cx = jax.random.randint(x_key, (), 0, w)
+    y0, y1 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
+    x0, x1 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
+    rows, cols = jnp.arange(h), jnp.arange(w)
+    box = (((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :])
+    mixed_images = jnp.where(box[None, :, :, None], images[perm], images)
+    lam_area = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (h * w)
+    lam_y = lam_area.astype(labels_onehot.dtype)
+    mixed_labels = lam_y * labels_onehot + (1 - lam_y) * labels_onehot[perm]
+    return mixed_images, mixed_labels
+
+
+# --------------------------------------------------------------------------------------------------
+# Composition and config names
+
+
+def compose(*fns: Augment) -> Augment:
+    """Chain (key, images) -> images transforms, left to right, each with its own split of the key.
+
+    Args:
+      *fns: transforms; none gives the identity.
+
+    Returns:
+      fn(key, images) applying fns[0] first.
+    """
+    def composed(key: Array, images: Array) -> Array:
+        if not fns:
+            return images
+        for fn, sub_key in zip(fns, jax.random.split(key, len(fns))):
+            images = fn(sub_key, images)
+        return images
+
+    return composed
+
+
+def _shift(max_shift: int) -> Augment:
+    return lambda key, images: random_shift(key, images, max_shift=max_shift)
+
+
+_NAMED: dict[str, Callable[[], Augment | None]] = {
+    "none": lambda: None,
+    "shift": lambda: _shift(2),
+    # The ablation's "small random shifts/rotations": rotate first, so the integer shift is exact.
+    "shift_rotate": lambda: compose(
+        lambda key, images: random_rotation(key, images, max_degrees=10.0), _shift(2)),
+    "flip_crop": lambda: compose(random_flip, _shift(4)),
+    "erasing": lambda: random_erasing,
+    "color_jitter": lambda: color_jitter,
+}
+
+NAMES = tuple(sorted(_NAMED))
+
+
+def get(name: str) -> Augment | None:
+    """The augmentation a config names (`cfg.train.augment`), or None for "none".
+
+    Args:
+      name: one of NAMES: "color_jitter", "erasing", "flip_crop", "none", "shift", "shift_rotate".
+
+    Returns:
+      A jittable fn(key, images) -> images, or None.
+
+    Raises:
+      ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in _NAMED:
+        raise ValueError(f"train.augment: unknown {name!r}; expected one of {list(NAMES)}")
+    return _NAMED[name]()

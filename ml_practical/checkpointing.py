@@ -1,0 +1,233 @@
+"""Orbax checkpoints that back early stopping: resumable, checksummed, two retention sets.
+
+Each epoch saves one orbax step (step number = epoch) holding two items:
+
+  state  the `TrainState` (params, batch_stats, opt_state, step, key), via `StandardSave`;
+  meta   JSON: epoch, the early-stopping state, the run of consecutive skipped steps, the data
+         position, the resolved config, seed, library versions and a SHA-256 of the saved state.
+
+Retention is orbax's `AnyPreservationPolicy([LatestN(keep_latest), BestN(keep_best)])`: the latest
+N steps for resuming and the best K for restoring at the end. Three orbax traps, each pinned by a
+test in tests/test_checkpointing.py:
+
+* `BestN` sorts ascending and keeps the *last* n, i.e. the largest values, unless `reverse=True`;
+* the metrics that `BestN` ranks by are only written to disk when `CheckpointManagerOptions.best_fn`
+  is set: without it a restarted manager sees no metrics and its BestN keeps everything (or, with
+  `keep_checkpoints_without_metrics=False`, nothing);
+* `preservation_policy` cannot be combined with `max_to_keep` (orbax raises ValueError).
+
+"Best" is early stopping's notion of best (min_delta, baseline, start_from_epoch included), not the
+raw metric: the rank saved with each step is the epoch when early stopping called it an
+improvement and -1 otherwise, so BestN keeps exactly the K most recent improvements, and the
+checkpoint `EarlyStopping` points at can never be evicted by a step with a lower raw value that
+early stopping rejected.
+
+Integrity: orbax restores a data file with flipped bytes without complaint, so every restore
+recomputes the SHA-256 of the restored state and compares it with the one in `meta`. A step that
+fails (unreadable, truncated, missing files, missing metadata, checksum mismatch) is reported with
+a warning naming the step and the damage, moved aside to `damaged/<step>-<reason>` (kept for a
+post-mortem, out of orbax's sight), and the previous step is tried. Temporary directories left by a
+killed save are removed when the manager opens (`cleanup_tmp_directories=True`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import shutil
+import time
+import warnings
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ml_practical import early_stopping as es_lib
+from ml_practical import run_files
+
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml_practical")
+
+
+class CheckpointDamageWarning(UserWarning):
+    """A checkpoint step was found damaged and skipped."""
+
+
+def make_early_stopping(cfg_es: ml_collections.ConfigDict) -> es_lib.EarlyStopping:
+    """`EarlyStopping` from the `cfg.early_stopping` section (every field passed through)."""
+    return es_lib.EarlyStopping(**dict(cfg_es))
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def state_checksum(tree: Any) -> str:
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree order (host-side)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+        arr = np.asarray(leaf)
+        if jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key):
+            arr = np.asarray(jax.random.key_data(leaf))
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(arr.dtype).encode())
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Restored:
+    """A verified checkpoint."""
+
+    epoch: int
+    state: Any
+    early_stopping: dict[str, Any]
+    consecutive_skips: int
+    meta: dict[str, Any]
+
+
+class RunCheckpointer:
+    """One run's orbax `CheckpointManager`, with verification and fall-back on restore.
+
+    Args:
+      directory: where the steps live (`<workdir>/checkpoints`).
+      cfg: the resolved config, stored in every step's metadata.
+      monitor / mode: the early-stopping metric, recorded with each step.
+      keep_latest / keep_best: the two retention sets (defaults from `cfg.checkpoint`).
+    """
+
+    def __init__(self, directory: os.PathLike, cfg: ml_collections.ConfigDict, *,
+                 monitor: str, mode: str, keep_latest: int | None = None,
+                 keep_best: int | None = None):
+        ckpt_cfg = cfg.get("checkpoint", ml_collections.ConfigDict())
+        self.keep_latest = keep_latest if keep_latest is not None else ckpt_cfg.get("keep_latest", 2)
+        self.keep_best = keep_best if keep_best is not None else ckpt_cfg.get("keep_best", 1)
+        if self.keep_latest < 1 or self.keep_best < 1:
+            raise ValueError(f"checkpoint.keep_latest / checkpoint.keep_best must be >= 1, got "
+                             f"{self.keep_latest} / {self.keep_best}")
+        self.directory = pathlib.Path(directory).absolute()
+        self.cfg_json = run_files.to_jsonable(cfg)
+        self.monitor, self.mode = monitor, mode
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        rank = lambda metrics: float(metrics["es_rank"])
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(n=self.keep_latest),
+            # Largest rank = most recent early-stopping improvement: reverse=False keeps largest.
+            ocp.checkpoint_managers.BestN(get_metric_fn=rank, reverse=False, n=self.keep_best,
+                                          keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            best_fn=rank, best_mode="max",  # needed for the metrics to be written at all
+            preservation_policy=policy,
+            cleanup_tmp_directories=True,
+            # Synchronous saves: when `save` returns, the step is on disk, so the metrics line
+            # written next never describes an epoch that a crash could still lose.
+            enable_async_checkpointing=False,
+        )
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    # Saving ---------------------------------------------------------------------------------------
+    def save(self, epoch: int, state: Any, early_stopping: Mapping[str, Any],
+             record: Mapping[str, Any], consecutive_skips: int = 0) -> None:
+        """Saves epoch `epoch` (blocking; atomic: orbax writes a temporary dir, then renames)."""
+        improved = early_stopping.get("best_epoch") == epoch
+        meta = {
+            "epoch": epoch,
+            "data_position": {"next_epoch": epoch + 1, "steps_done": int(state.step)},
+            "early_stopping": dict(early_stopping),
+            "consecutive_skips": int(consecutive_skips),
+            "monitor": self.monitor,
+            "monitor_value": run_files.to_jsonable(record.get(self.monitor)),
+            "config": self.cfg_json,
+            "seed": self.cfg_json.get("seed"),
+            "versions": library_versions(),
+            "checksum": state_checksum(state),
+            "saved_at": time.time(),
+        }
+        metrics = {"es_rank": float(epoch if improved else -1)}
+        self._manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+        self._manager.wait_until_finished()
+
+    # Restoring ------------------------------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def restore(self, epoch: int, like: Any) -> Restored:
+        """Restores and verifies one step onto the shardings of `like`; raises on damage."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        step_dir = self.directory / str(epoch)
+        if not (step_dir / "meta").exists():
+            raise _Damage("metadata missing")
+        try:
+            out = self._manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax/tensorstore raise many types for a broken file.
+            raise _Damage(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        meta = out["meta"]
+        if not isinstance(meta, dict) or "checksum" not in meta:
+            raise _Damage("metadata missing or incomplete")
+        if state_checksum(out["state"]) != meta["checksum"]:
+            raise _Damage("checksum mismatch: the data files were modified or corrupted")
+        return Restored(epoch=int(meta["epoch"]), state=out["state"],
+                        early_stopping=meta["early_stopping"],
+                        consecutive_skips=int(meta.get("consecutive_skips", 0)), meta=meta)
+
+    def _restore_first_good(self, candidates: list[int], like: Any) -> Restored | None:
+        for epoch in candidates:
+            try:
+                return self.restore(epoch, like)
+            except _Damage as damage:
+                self._quarantine(epoch, str(damage))
+        return None
+
+    def restore_latest(self, like: Any) -> Restored | None:
+        """The newest step that verifies, falling back step by step; None if there is none."""
+        return self._restore_first_good(sorted(self.all_steps(), reverse=True), like)
+
+    def restore_best(self, like: Any, best_epoch: int | None) -> Restored | None:
+        """The step early stopping called best; if it is damaged, the newest good step before it.
+
+        None when there was no best (no finite, eligible evaluation): the caller then keeps the
+        last state and reports `best_epoch: null`.
+        """
+        if best_epoch is None:
+            return None
+        candidates = [s for s in sorted(self.all_steps(), reverse=True) if s <= best_epoch]
+        return self._restore_first_good(candidates, like)
+
+    def _quarantine(self, epoch: int, reason: str) -> None:
+        warnings.warn(f"checkpoint step {epoch} in {self.directory} is damaged: {reason}; "
+                      f"falling back to the previous good step", CheckpointDamageWarning,
+                      stacklevel=3)
+        damaged = self.directory.parent / "damaged"
+        damaged.mkdir(exist_ok=True)
+        slug = "".join(c if c.isalnum() else "-" for c in reason.split(":")[0])[:40]
+        target = damaged / f"{epoch}-{slug}-{int(time.time())}"
+        src = self.directory / str(epoch)
+        if src.exists():
+            shutil.move(str(src), str(target))
+        # Re-read the directory so orbax forgets the step.
+        self._manager.close()
+        self._manager = self._open()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+class _Damage(Exception):
+    pass

@@ -1,0 +1,442 @@
+"""Normalization and dropout layers as linen modules, written from the chapter's equations.
+
+Sections 12.3-12.5 and 13.2-13.3 of the chapter. Every module is called `module(x, *, train: bool)`;
+`train` has no default so no call site can forget it. Normalization statistics are computed in
+float32 (even for bfloat16 inputs) and the variance always in two passes, mean((x - mu)^2), because
+the one-pass E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std.
+
+Conventions:
+  BatchNorm  statistics over every axis but the last (features), per feature.  Ioffe & Szegedy (2015)
+  LayerNorm  statistics over the last axis, per sample.                         Ba et al. (2016)
+  GroupNorm  statistics over all non-batch axes within a group of features.    Wu & He (2018)
+  InstanceNorm  statistics over the spatial axes, per sample and channel.       Ulyanov et al. (2016)
+  Dropout    `rate` is the DROP probability; the chapter's keep probability is p = 1 - rate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _normalize(x: Array, mean: Array, var: Array, scale: Array | None, bias: Array | None,
+               eps: float) -> Array:
+    """The chapter's steps 3-4: y = gamma * (x - mu) / sqrt(var + eps) + beta.
+
+    Pure, so a hand-written backward pass (custom_vjp) can replace it without touching the modules.
+
+    Args:
+      x: input, any shape.
+      mean, var: statistics broadcastable to `x`.
+      scale, bias: gamma and beta broadcastable to `x`, or None to skip that step.
+      eps: added to the variance for numerical stability.
+
+    Returns:
+      The normalized array, in the promoted dtype of the arguments.
+    """
+    y = (x - mean) * lax.rsqrt(var + eps)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _moments(x: Array, axes: Sequence[int], *, keepdims: bool,
+             axis_name: str | None = None) -> tuple[Array, Array]:
+    """Mean and biased variance over `axes`, in two passes, at least float32.
+
+    mu = mean(x); var = mean((x - mu)^2). With `axis_name`, each pass is averaged across devices
+    with `lax.pmean` (the mean before the centring, so every shard centres on the global mean),
+    giving the statistics of the global batch when all shards have the same size.
+
+    Args:
+      x: input.
+      axes: axes to reduce.
+      keepdims: keep the reduced axes as size 1 (for broadcasting back against `x`).
+      axis_name: optional name of a mapped axis (pmap / vmap / shard_map) to average across.
+
+    Returns:
+      (mean, var), float32 (or wider if `x` is wider).
+    """
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = jnp.mean(x, axis=tuple(axes), keepdims=True)
+    if axis_name is not None:
+        mean = lax.pmean(mean, axis_name)
+    var = jnp.mean(jnp.square(x - mean), axis=tuple(axes), keepdims=True)
+    if axis_name is not None:
+        var = lax.pmean(var, axis_name)
+    if not keepdims:
+        mean = jnp.squeeze(mean, axis=tuple(axes))
+        var = jnp.squeeze(var, axis=tuple(axes))
+    return mean, var
+
+
+def _check_epsilon(owner: str, epsilon: float) -> None:
+    if not epsilon > 0:
+        raise ValueError(f"{owner}.epsilon: {epsilon!r} is not allowed; expected a number > 0")
+
+
+def _scale_and_bias(module: nn.Module, features: int) -> tuple[Array | None, Array | None]:
+    """Creates (or fetches) the per-feature params "scale" (gamma) and "bias" (beta)."""
+    scale = (module.param("scale", module.scale_init, (features,), module.param_dtype)
+             if module.use_scale else None)
+    bias = (module.param("bias", module.bias_init, (features,), module.param_dtype)
+            if module.use_bias else None)
+    return scale, bias
+
+
+def _output_dtype(dtype: Dtype | None, x: Array, *params: Array | None) -> Dtype:
+    """`dtype` if given, else the promotion of the input and the params (flax.linen's rule)."""
+    if dtype is not None:
+        return dtype
+    return jnp.result_type(x, *[p for p in params if p is not None])
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization (Ioffe & Szegedy, 2015), the chapter's Section 12.4 and 13.3.
+
+    Statistics are taken over every axis except the last (features): for (N, C) over N, for
+    images (N, H, W, C) over N, H, W. With m the number of reduced elements per feature:
+
+      training:  mu_B = (1/m) sum_i z_i
+                 var_B = (1/m) sum_i (z_i - mu_B)^2           (biased; two passes)
+                 z_hat = (z - mu_B) / sqrt(var_B + eps)
+                 y = gamma * z_hat + beta
+                 running_mean <- momentum * running_mean + (1 - momentum) * mu_B
+                 running_var  <- momentum * running_var  + (1 - momentum) * var_B
+      eval:      y = gamma * (z - running_mean) / sqrt(running_var + eps) + beta
+
+    Momentum convention: `momentum` is the weight on the OLD running value, as in the chapter and
+    flax.linen (default 0.9 here; flax's default is 0.99). PyTorch's `momentum` is the weight on
+    the NEW batch value, so torch's momentum=0.1 is our momentum=0.9.
+
+    `torch_compat=True` stores the unbiased batch variance var_B * m / (m - 1) in the running
+    variance, as torch.nn.BatchNorm does; normalization in training still uses the biased var_B.
+    (Under `axis_name`, m counts the global batch.)
+
+    The running statistics start at mean 0, var 1 and are not updated while the model is being
+    initialized (`model.init`), as in flax.linen.BatchNorm. Gradients flow through mu_B and var_B
+    (the full BatchNorm backward pass of Section 13.3) by autodiff.
+
+    Variables: params "scale" (gamma) and "bias" (beta), shape (features,); collection
+    "batch_stats" with "mean" and "var" - the same names as flax.linen.BatchNorm, so apply with
+    `mutable=["batch_stats"]` when train=True.
+
+    Attributes:
+      momentum: weight on the old running statistics, in [0, 1].
+      epsilon: added to the variance, > 0.
+      use_scale: learn gamma; else gamma = 1.
+      use_bias: learn beta; else beta = 0 (a preceding layer's bias is redundant under BN).
+      axis_name: name of a mapped axis (pmap / vmap / shard_map) over which the batch is split;
+        the mean and variance are then averaged across it with `lax.pmean` (two passes), so they
+        are the statistics of the global batch. Assumes every shard has the same size.
+      torch_compat: store the unbiased batch variance in the running variance (torch's rule).
+      scale_init, bias_init: initializers of gamma and beta.
+      dtype: dtype of the output (default: promotion of the input and the params).
+      param_dtype: dtype of gamma and beta.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    axis_name: str | None = None
+    torch_compat: bool = False
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"BatchNorm.momentum: {self.momentum!r} is outside [0, 1]; it is the "
+                             "weight on the old running statistics (torch's 0.1 is our 0.9)")
+        _check_epsilon("BatchNorm", self.epsilon)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        """Normalizes `x` with batch statistics (train=True) or running statistics (train=False).
+
+        Args:
+          x: input of shape (..., features).
+          train: use and accumulate batch statistics; needs `mutable=["batch_stats"]` in apply.
+
+        Returns:
+          An array of the same shape as `x`.
+        """
+        features = x.shape[-1]
+        reduction_axes = tuple(range(x.ndim - 1))
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        if train:
+            # During init the mapped axis may not exist yet, and the stats must stay at 0 / 1.
+            initializing = self.is_initializing()
+            axis_name = None if initializing else self.axis_name
+            mean, var = _moments(x, reduction_axes, keepdims=False, axis_name=axis_name)
+            if not initializing:
+                stored_var = var
+                if self.torch_compat:
+                    m = math.prod(x.shape[:-1])
+                    if axis_name is not None:
+                        m *= lax.axis_size(axis_name)
+                    if m < 2:
+                        raise ValueError(
+                            "BatchNorm.torch_compat: the unbiased variance needs at least 2 "
+                            f"values per feature; got m={m} from input shape {x.shape}")
+                    stored_var = var * (m / (m - 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stored_var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+
+        scale, bias = _scale_and_bias(self, features)
+        out_dtype = _output_dtype(self.dtype, x, scale, bias)
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample normalizations: LayerNorm, GroupNorm, InstanceNorm
+# ---------------------------------------------------------------------------------------------
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization (Ba et al., 2016), the chapter's Section 12.5.
+
+    For each sample, statistics over the last axis (the d features):
+      mu_i = (1/d) sum_j z_ij;  var_i = (1/d) sum_j (z_ij - mu_i)^2
+      y_ij = gamma_j * (z_ij - mu_i) / sqrt(var_i + eps) + beta_j
+    No batch dependence and no running statistics: `train` is accepted for a uniform call
+    signature and ignored.
+
+    Attributes:
+      epsilon: added to the variance, > 0.
+      use_scale, use_bias: learn gamma ("scale") / beta ("bias"), shape (features,).
+      scale_init, bias_init: their initializers.
+      dtype: output dtype (default: promotion of input and params); param_dtype: params' dtype.
+    """
+
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        _check_epsilon("LayerNorm", self.epsilon)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        """Normalizes each sample of `x` (shape (..., features)) over its last axis.
+
+        Args:
+          x: input of shape (..., features).
+          train: ignored; LayerNorm acts the same in training and evaluation.
+
+        Returns:
+          An array of the same shape as `x`.
+        """
+        del train
+        mean, var = _moments(x, (x.ndim - 1,), keepdims=True)
+        scale, bias = _scale_and_bias(self, x.shape[-1])
+        out_dtype = _output_dtype(self.dtype, x, scale, bias)
+        x32 = x.astype(mean.dtype)
+        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+
+
+class GroupNorm(nn.Module):
+    """Group normalization (Wu & He, 2018).
+
+    The C features (last axis) are split into G = `num_groups` contiguous groups of C/G. For each
+    sample and group, statistics over all non-batch axes within the group (e.g. H, W and the C/G
+    channels for (N, H, W, C) images); then gamma and beta per feature. G = 1 is LayerNorm over
+    all non-batch axes; G = C is InstanceNorm. Axis 0 is the batch axis.
+
+    Attributes:
+      num_groups: number of groups G; must divide the number of features.
+      epsilon: added to the variance, > 0.
+      use_scale, use_bias: learn gamma ("scale") / beta ("bias"), shape (features,).
+      scale_init, bias_init: their initializers.
+      dtype: output dtype (default: promotion of input and params); param_dtype: params' dtype.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        if not (isinstance(self.num_groups, int) and self.num_groups >= 1):
+            raise ValueError(f"GroupNorm.num_groups: {self.num_groups!r} is not allowed; "
+                             "expected a positive integer dividing the number of features")
+        _check_epsilon("GroupNorm", self.epsilon)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        """Normalizes `x` of shape (N, ..., C) per sample and group.
+
+        Args:
+          x: input of shape (N, ..., C), rank >= 2, C divisible by `num_groups`.
+          train: ignored; GroupNorm acts the same in training and evaluation.
+
+        Returns:
+          An array of the same shape as `x`.
+        """
+        del train
+        if x.ndim < 2:
+            raise ValueError(f"GroupNorm: input must have shape (N, ..., C); got shape {x.shape}")
+        features = x.shape[-1]
+        if features % self.num_groups != 0:
+            divisors = [g for g in range(1, features + 1) if features % g == 0]
+            raise ValueError(f"GroupNorm.num_groups: {self.num_groups} does not divide the "
+                             f"{features} features; expected one of {divisors}")
+        grouped = x.reshape(x.shape[:-1] + (self.num_groups, features // self.num_groups))
+        # Reduce over every non-batch axis except the group index (second to last).
+        axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+        mean, var = _moments(grouped, axes, keepdims=True)
+        # Back to (N, ..., 1, G, 1) -> broadcast per feature by repeating each group's stat.
+        mean = jnp.repeat(mean, features // self.num_groups, axis=-1).reshape(
+            mean.shape[:-2] + (features,))
+        var = jnp.repeat(var, features // self.num_groups, axis=-1).reshape(
+            var.shape[:-2] + (features,))
+        scale, bias = _scale_and_bias(self, features)
+        out_dtype = _output_dtype(self.dtype, x, scale, bias)
+        x32 = x.astype(mean.dtype)
+        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+
+
+class InstanceNorm(nn.Module):
+    """Instance normalization (Ulyanov et al., 2016), the style-transfer normalization.
+
+    For each sample and channel, statistics over the spatial axes only: for (N, H, W, C) over H, W;
+    for (N, L, C) over L. A rank-2 input (N, C) has no spatial axes, so it is rejected.
+    Equivalent to GroupNorm with num_groups = C.
+
+    Attributes:
+      epsilon: added to the variance, > 0.
+      use_scale, use_bias: learn gamma ("scale") / beta ("bias"), shape (features,).
+      scale_init, bias_init: their initializers.
+      dtype: output dtype (default: promotion of input and params); param_dtype: params' dtype.
+    """
+
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        _check_epsilon("InstanceNorm", self.epsilon)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        """Normalizes `x` of shape (N, *spatial, C) per sample and channel.
+
+        Args:
+          x: input of shape (N, *spatial, C) with at least one spatial axis.
+          train: ignored; InstanceNorm acts the same in training and evaluation.
+
+        Returns:
+          An array of the same shape as `x`.
+        """
+        del train
+        if x.ndim < 3:
+            raise ValueError(
+                f"InstanceNorm: input must have shape (N, *spatial, C) with at least one spatial "
+                f"axis; got shape {x.shape}. For (N, C) there is nothing to normalize over per "
+                "channel: use LayerNorm or BatchNorm instead")
+        mean, var = _moments(x, tuple(range(1, x.ndim - 1)), keepdims=True)
+        scale, bias = _scale_and_bias(self, x.shape[-1])
+        out_dtype = _output_dtype(self.dtype, x, scale, bias)
+        x32 = x.astype(mean.dtype)
+        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------
+
+
+class Dropout(nn.Module):
+    """Inverted dropout (Srivastava et al., 2014), the chapter's Sections 12.3 and 13.2.
+
+    Two conventions, one number: `rate` is the probability of DROPPING a unit; the chapter's keep
+    probability is p = 1 - rate. In training,
+
+      mask ~ Bernoulli(p) elementwise,   output = a * mask / p,
+
+    so E[output] = a and, for a constant input a, Var[output] = a^2 (1 - p) / p
+    = a^2 rate / (1 - rate). Dividing by p in training (the "inverted" part) leaves evaluation
+    as the identity. The gradient flows only through the kept units, scaled by 1 / p.
+
+    Monte Carlo dropout (Gal & Ghahramani, 2016): average several stochastic forward passes at
+    test time for an uncertainty estimate. A model implements it by calling Dropout with
+    train=True while its BatchNorm layers get train=False (running statistics).
+
+    The mask is drawn from `self.make_rng("dropout")`: pass `rngs={"dropout": dropout_key}` to
+    apply, with a fresh key each step.
+
+    Attributes:
+      rate: drop probability, in [0, 1). rate = 0 is the identity.
+    """
+
+    rate: float
+
+    def __post_init__(self):
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"Dropout.rate: {self.rate!r} is outside [0, 1); rate is the drop "
+                             "probability (the chapter's keep probability is p = 1 - rate)")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        """Applies inverted dropout when training; the identity otherwise.
+
+        Args:
+          x: input, any shape.
+          train: drop units (needs the "dropout" rng stream) or return `x` unchanged.
+
+        Returns:
+          An array of the same shape and dtype as `x`.
+        """
+        if not train or self.rate == 0.0:
+            return x
+        keep_prob = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob, shape=x.shape)
+        # where, not x * mask: dropped units contribute an exact 0 and receive an exact 0 gradient.
+        return jnp.where(mask, x / keep_prob, jnp.zeros_like(x))

@@ -1,0 +1,208 @@
+"""The files of a run directory: config.json, metrics.jsonl, summary.json, tb/ and the progress bar.
+
+    <workdir>/config.json     the resolved config (a rerun with a different config is refused)
+    <workdir>/metrics.jsonl   one JSON object per epoch; on resume, epochs after the restored
+                              checkpoint are dropped first, so each epoch appears exactly once
+    <workdir>/summary.json    test metrics of the best checkpoint, best_epoch, stop_reason, ...
+    <workdir>/tb/             TensorBoard events (tensorboardX; no TensorFlow needed)
+    <workdir>/checkpoints/    orbax checkpoints (see `checkpointing`)
+
+Every whole-file write goes to a temporary file that is renamed over the old one (atomic on POSIX),
+so a crash leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+# Fields that may change between a run and its resumption without changing the run.
+RESUME_NEUTRAL_FIELDS = ("train.restart", "train.progress")
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and `os.replace`, with fsync."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_jsonable(value: Any) -> Any:
+    """Config / metric values as strict JSON: tuples -> lists, non-finite floats -> strings."""
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": JSON has no literal for them.
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
+                ignore: Iterable[str] = RESUME_NEUTRAL_FIELDS) -> list[str]:
+    """Lines `field: saved -> new` for every field that differs between two config dicts."""
+    a, b = flatten(old), flatten(new)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignore:
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            lines.append(f"  {key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return lines
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds a run of another config."""
+
+
+class RunFiles:
+    """Owns a run directory's files."""
+
+    def __init__(self, workdir: os.PathLike, tensorboard: bool = True):
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "config.json"
+        self.metrics_path = self.workdir / "metrics.jsonl"
+        self.summary_path = self.workdir / "summary.json"
+        self.checkpoint_dir = self.workdir / "checkpoints"
+        self.tb_dir = self.workdir / "tb"
+        self._tensorboard = tensorboard
+        self._tb = None
+
+    # config.json ---------------------------------------------------------------------------------
+    def check_or_write_config(self, cfg: ml_collections.ConfigDict, restart: bool = False) -> None:
+        """Writes config.json; refuses a workdir whose saved config differs (unless `restart`).
+
+        `restart=True` (`--config.train.restart=True`) deletes the old run's checkpoints,
+        metrics, summary and events and starts over.
+        """
+        new = to_jsonable(cfg)
+        if self.config_path.exists() and not restart:
+            old = json.loads(self.config_path.read_text())
+            diff = config_diff(old, new)
+            if diff:
+                raise ConfigMismatchError(
+                    f"{self.workdir} holds a run with a different config:\n" + "\n".join(diff) +
+                    "\nUse another --workdir, or pass --config.train.restart=True to delete that "
+                    "run and start over.")
+        if restart:
+            for path in (self.metrics_path, self.summary_path):
+                path.unlink(missing_ok=True)
+            for path in (self.checkpoint_dir, self.tb_dir):
+                shutil.rmtree(path, ignore_errors=True)
+        atomic_write_text(self.config_path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+    # metrics.jsonl -------------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The per-epoch records; a torn last line (a crash mid-write) is ignored."""
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def truncate_metrics(self, after_epoch: int) -> None:
+        """Keeps only epochs <= `after_epoch` (those of the checkpoint being resumed)."""
+        kept = [r for r in self.read_metrics() if r["epoch"] <= after_epoch]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        if kept or self.metrics_path.exists():
+            atomic_write_text(self.metrics_path, text)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(to_jsonable(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._log_tensorboard(record)
+
+    def previous_wall_time(self, epoch: int) -> float:
+        """Wall time already spent up to `epoch` (so a resumed run reports cumulative time)."""
+        for r in reversed(self.read_metrics()):
+            if r["epoch"] <= epoch:
+                return float(r.get("wall_time_s", 0.0))
+        return 0.0
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_text(self.summary_path,
+                          json.dumps(to_jsonable(summary), indent=2, sort_keys=True) + "\n")
+
+    # TensorBoard ---------------------------------------------------------------------------------
+    def _log_tensorboard(self, record: Mapping[str, Any]) -> None:
+        if not self._tensorboard:
+            return
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+            # purge_step drops events a killed run wrote past the epoch we resumed from.
+            self._tb = SummaryWriter(str(self.tb_dir), purge_step=int(record["epoch"]))
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(key, value, int(record["epoch"]))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class Progress:
+    """A tqdm bar over epochs (epoch, loss, accuracy, time left) when stderr is a terminal."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: str | bool = "auto"):
+        if enabled == "auto":
+            enabled = sys.stderr.isatty()
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
+
+    def update(self, record: Mapping[str, Any]) -> None:
+        if self._bar is None:
+            return
+        self._bar.set_postfix_str(
+            f"epoch {record['epoch']} loss {record['train/loss']:.4f} "
+            f"acc {record['train/accuracy']:.4f} val_loss {record['val/loss']:.4f} "
+            f"val_acc {record['val/accuracy']:.4f}", refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

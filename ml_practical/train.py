@@ -1,0 +1,450 @@
+"""TrainState, the pure train and eval steps, one-scan epochs, and `fit(cfg, workdir)`.
+
+The shape follows nanodo / the flax examples: a `TrainState` pytree, a pure `train_step` that is
+jitted once (inside a `lax.scan` over an epoch's batches), metrics that reach the host once per
+epoch, and a thin driver (`fit`) that owns the files of a run. Nothing in the steps talks to the host
+(no callbacks, no Python state), so the same code runs sharded over a device mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ml_practical import augment as augment_lib
+from ml_practical import data as data_lib
+from ml_practical import losses, models, optim
+from ml_practical import run_files
+
+PyTree = Any
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a training step reads and writes; a pytree, so it jits, shards and checkpoints.
+
+    Attributes:
+      step: number of optimizer steps taken (int32 scalar).
+      params: the model's "params" collection.
+      batch_stats: BatchNorm running statistics ({} for models without BatchNorm).
+      opt_state: the optax state.
+      key: the run's base PRNG key; per-step keys are `fold_in(key, step)`, never split in place,
+        so the randomness of step s is the same whether or not the run was resumed.
+    """
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+                       input_shape: tuple[int, ...]) -> TrainState:
+    """Initializes the model on a dummy batch of `input_shape` (without the batch axis)."""
+    init_key, train_key = jax.random.split(key)
+    variables = model.init({"params": init_key}, jnp.zeros((2, *input_shape), jnp.float32),
+                           train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params), key=train_key)
+
+
+def _tree_all_finite(tree: PyTree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, label_smoothing: float = 0.0,
+               augment_fn: Callable | None = None,
+               skip_nonfinite: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step. Pure: the new state and the step's metrics are its only outputs.
+
+    Clipping, L2 / weight decay and L1 live in `tx`, never in the loss. With `skip_nonfinite`, a
+    step whose loss or gradients are not finite leaves params, batch statistics and optimizer state
+    as they were (`jnp.where` on every leaf: a select, no host sync); only `step` advances, so the
+    next batch gets a fresh dropout key and `metrics["skipped"]` counts it.
+    """
+    step_key = jax.random.fold_in(state.key, state.step)
+    dropout_key, augment_key = jax.random.split(step_key)
+    images = batch["image"]
+    if augment_fn is not None:
+        images = augment_fn(augment_key, images)
+
+    def loss_fn(params):
+        logits, new_vars = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+            rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        objective = losses.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+        return objective, (logits, new_vars)
+
+    (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    new_batch_stats = new_vars.get("batch_stats", state.batch_stats)
+
+    metrics = {
+        # The data term without smoothing: comparable with val/loss and test/loss (NLL).
+        "loss": losses.cross_entropy(logits, batch["label"]),
+        "objective": objective,
+        "accuracy": losses.accuracy(logits, batch["label"]),
+        "grad_norm": optax.global_norm(grads),
+    }
+    if skip_nonfinite:
+        ok = jnp.isfinite(objective) & _tree_all_finite(grads)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        new_params = keep(new_params, state.params)
+        new_batch_stats = keep(new_batch_stats, state.batch_stats)
+        new_opt_state = keep(new_opt_state, state.opt_state)
+        metrics["skipped"] = (~ok).astype(jnp.float32)
+    else:
+        metrics["skipped"] = jnp.zeros((), jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=new_params,
+                              batch_stats=new_batch_stats, opt_state=new_opt_state)
+    return new_state, metrics
+
+
+def eval_step(params: PyTree, batch_stats: PyTree, batch: Mapping[str, jax.Array], *,
+              model: nn.Module) -> dict[str, jax.Array]:
+    """Sums (not means) of loss and correct predictions over the valid rows of `batch`."""
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                         train=False)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    nll = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=1)[:, 0]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    w = batch["weight"]
+    return {"loss_sum": jnp.sum(nll * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiled epoch functions.
+
+
+def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
+                     label_smoothing: float = 0.0, augment_fn: Callable | None = None,
+                     skip_nonfinite: bool = True, mesh: Mesh | None = None) -> Callable:
+    """Returns `train_epoch(state, images, labels, batch_idx) -> (state, metrics)`, jitted once.
+
+    `images`/`labels` are the device-resident training set and `batch_idx` an int32 array of shape
+    (num_batches, batch_size); the epoch is one `lax.scan` over its rows. Per-step metrics come back
+    as arrays of length num_batches (a few KiB), so the host syncs once per epoch. The state buffer
+    is donated: the epoch updates it in place.
+    """
+    step = functools.partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing,
+                             augment_fn=augment_fn, skip_nonfinite=skip_nonfinite)
+    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+
+    def train_epoch(state, images, labels, batch_idx):
+        def body(state, idx):
+            batch = {"image": images[idx], "label": labels[idx]}
+            if batch_sharding is not None:
+                # Each device computes on its slice of the global batch; BatchNorm's means over
+                # the batch axis become all-reduces, i.e. synchronised BatchNorm.
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            return step(state, batch)
+        return jax.lax.scan(body, state, batch_idx)
+
+    return jax.jit(train_epoch, donate_argnums=(0,))
+
+
+def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -> Callable:
+    """Returns `evaluate(params, batch_stats, split) -> {"loss", "accuracy"}` over a whole split.
+
+    A split is padded once to a multiple of `batch_size` with weight-0 rows (see `put_split`), so
+    every batch has one shape and the function compiles once per split shape.
+    """
+    step = functools.partial(eval_step, model=model)
+    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+
+    @jax.jit
+    def _evaluate(params, batch_stats, images, labels, weights):
+        n = images.shape[0] // batch_size
+
+        def body(carry, i):
+            sl = lambda a: jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size)
+            batch = {"image": sl(images), "label": sl(labels), "weight": sl(weights)}
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            out = step(params, batch_stats, batch)
+            return jax.tree.map(jnp.add, carry, out), None
+
+        zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+        sums, _ = jax.lax.scan(body, zero, jnp.arange(n))
+        return sums
+
+    def evaluate(params, batch_stats, split):
+        sums = jax.device_get(_evaluate(params, batch_stats, *split))
+        count = float(sums["count"])
+        return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+
+    return evaluate
+
+
+def put_split(x: np.ndarray, y: np.ndarray, batch_size: int,
+              sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, ...]:
+    """Pads a split to a multiple of `batch_size` (weight-0 rows) and puts it on device."""
+    n = len(x)
+    padded = -(-n // batch_size) * batch_size
+    pad = padded - n
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    yp = np.concatenate([y, np.zeros((pad,), y.dtype)]) if pad else y
+    w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    return tuple(jax.device_put(a, sharding) for a in (xp, yp, w))
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh with axis "data" over the first `num_devices` devices (default: all)."""
+    devices = jax.devices()
+    if num_devices:
+        if num_devices > len(devices):
+            raise ValueError(f"train.num_devices: {num_devices} requested, {len(devices)} available")
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def summarize_epoch(step_metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Means of the per-step metrics over the steps that were not skipped."""
+    skipped = np.asarray(step_metrics["skipped"])
+    ok = skipped == 0
+    out = {"train/skipped_steps": int(skipped.sum())}
+    for name in ("loss", "objective", "accuracy", "grad_norm"):
+        values = np.asarray(step_metrics[name])[ok]
+        out[f"train/{name}"] = float(values.mean()) if values.size else float("nan")
+    return out
+
+
+def trailing_run(skipped: np.ndarray, previous: int) -> tuple[int, int]:
+    """(longest run of consecutive skipped steps, run still open at the end), across epochs."""
+    longest, run = 0, previous
+    for s in np.asarray(skipped):
+        run = run + 1 if s else 0
+        longest = max(longest, run)
+    return longest, run
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver.
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What `fit` builds from a config: data on device, model, optimizer and compiled functions."""
+
+    cfg: ml_collections.ConfigDict
+    dataset: data_lib.Dataset
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: Callable[[int], float]
+    mesh: Mesh
+    train_epoch: Callable
+    evaluate: Callable
+    steps_per_epoch: int
+    train_arrays: tuple[jax.Array, jax.Array]
+    val_split: tuple[jax.Array, ...]
+    test_split: tuple[jax.Array, ...]
+
+    def init_state(self) -> TrainState:
+        state = create_train_state(self.model, self.tx, jax.random.PRNGKey(self.cfg.seed),
+                                   self.dataset.train_x.shape[1:])
+        return jax.device_put(state, NamedSharding(self.mesh, P()))
+
+    def batch_indices(self, epoch: int) -> jax.Array:
+        idx = data_lib.batch_indices(self.cfg.seed, epoch, len(self.dataset.train_y),
+                                     self.cfg.train.batch_size, drop_remainder=True)
+        return jnp.asarray(idx, jnp.int32)
+
+
+def build_experiment(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None,
+                     mesh: Mesh | None = None) -> Experiment:
+    """Loads data, builds model and optimizer and compiles nothing yet (jit is lazy)."""
+    validate_config(cfg)
+    dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
+    if cfg.model.num_classes != dataset.num_classes:
+        raise ValueError(f"model.num_classes: {cfg.model.num_classes} but the dataset "
+                         f"{dataset.name!r} has {dataset.num_classes} classes")
+    mesh = mesh if mesh is not None else make_mesh(cfg.train.get("num_devices", 0) or None)
+    n_dev = mesh.devices.size
+    for field in ("batch_size", "eval_batch_size"):
+        if cfg.train[field] % n_dev:
+            raise ValueError(f"train.{field}: {cfg.train[field]} does not divide over "
+                             f"{n_dev} devices; use a multiple of {n_dev}")
+    model = models.make_model(cfg.model)
+    steps_per_epoch = len(dataset.train_y) // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the "
+                         f"{len(dataset.train_y)} training examples")
+    total_steps = steps_per_epoch * cfg.train.num_epochs
+    tx = optim.make_optimizer(cfg.optim, total_steps=total_steps)
+    schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
+    augment_fn = augment_lib.get(cfg.train.get("augment", "none"))
+    replicated = NamedSharding(mesh, P())
+    # The training set is replicated: each device gathers its batches locally, then the batch is
+    # constrained to be split over "data". MNIST is 188 MB in float32; see the README on memory.
+    train_arrays = (jax.device_put(dataset.train_x, replicated),
+                    jax.device_put(dataset.train_y, replicated))
+    eval_bs = cfg.train.eval_batch_size
+    return Experiment(
+        cfg=cfg, dataset=dataset, model=model, tx=tx, schedule=schedule, mesh=mesh,
+        train_epoch=make_train_epoch(model, tx, label_smoothing=cfg.train.label_smoothing,
+                                     augment_fn=augment_fn,
+                                     skip_nonfinite=cfg.train.skip_nonfinite, mesh=mesh),
+        evaluate=make_evaluate(model, eval_bs, mesh),
+        steps_per_epoch=steps_per_epoch,
+        train_arrays=train_arrays,
+        val_split=put_split(dataset.val_x, dataset.val_y, eval_bs, replicated),
+        test_split=put_split(dataset.test_x, dataset.test_y, eval_bs, replicated),
+    )
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+    """Checks the fields `fit` itself reads; sections validate their own (optim, model, data)."""
+    t = cfg.train
+    if not isinstance(t.num_epochs, int) or t.num_epochs < 1:
+        raise ValueError(f"train.num_epochs: {t.num_epochs!r}; expected an integer >= 1")
+    if t.batch_size < 1 or t.eval_batch_size < 1:
+        raise ValueError(f"train.batch_size / train.eval_batch_size must be >= 1, got "
+                         f"{t.batch_size} / {t.eval_batch_size}")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise ValueError(f"train.label_smoothing: {t.label_smoothing} is outside [0, 1)")
+    if t.max_consecutive_skips < 1:
+        raise ValueError(f"train.max_consecutive_skips: {t.max_consecutive_skips}; expected >= 1")
+
+
+def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+        dataset: data_lib.Dataset | None = None, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Trains `cfg` in `workdir`, resuming from its checkpoints, and returns the run summary.
+
+    The run ends on patience, max epochs, divergence, non-finite steps or Ctrl-C / SIGTERM; in
+    every case the best checkpoint (by `cfg.early_stopping.monitor`) is restored and the test
+    metrics in `summary.json` are those of the best weights. See `run_files` for the files.
+    """
+    from ml_practical import checkpointing  # orbax import is slow; keep `import train` light.
+
+    exp = build_experiment(cfg, dataset=dataset, mesh=mesh)
+    files = run_files.RunFiles(workdir)
+    files.check_or_write_config(cfg, restart=cfg.train.get("restart", False))
+    stopper = checkpointing.make_early_stopping(cfg.early_stopping)
+    ckpt = checkpointing.RunCheckpointer(files.checkpoint_dir, cfg, monitor=stopper.monitor,
+                                         mode=stopper.mode)
+    fresh = exp.init_state()
+    restored = ckpt.restore_latest(fresh)
+    if restored is None:
+        state, es_state, start_epoch, consecutive = fresh, stopper.initial_state(), 1, 0
+        files.truncate_metrics(after_epoch=0)
+    else:
+        state, es_state, start_epoch, consecutive = (
+            restored.state, stopper.state_from_dict(restored.early_stopping),
+            restored.epoch + 1, restored.consecutive_skips)
+        files.truncate_metrics(after_epoch=restored.epoch)
+        print(f"Resumed from epoch {restored.epoch} of {files.workdir}", file=sys.stderr)
+
+    stop_reason = es_state.stop_reason if es_state.stopped else None
+    wall_start = time.time() - files.previous_wall_time(start_epoch - 1)
+    progress = run_files.Progress(cfg.train.num_epochs, initial=start_epoch - 1,
+                                  enabled=cfg.train.get("progress", "auto"))
+    interrupted = _InterruptFlag()
+    epoch = start_epoch - 1
+    with interrupted:
+        for epoch in range(start_epoch, cfg.train.num_epochs + 1):
+            if stop_reason is not None:
+                break
+            t0 = time.time()
+            lr = float(exp.schedule(int(state.step)))
+            state, step_metrics = exp.train_epoch(state, *exp.train_arrays, exp.batch_indices(epoch))
+            step_metrics = jax.device_get(step_metrics)
+            record = {"epoch": epoch, **summarize_epoch(step_metrics)}
+            longest, consecutive = trailing_run(step_metrics["skipped"], consecutive)
+            for name, value in exp.evaluate(state.params, state.batch_stats, exp.val_split).items():
+                record[f"val/{name}"] = value
+            record["lr"] = lr
+            record["epoch_time_s"] = time.time() - t0
+            record["wall_time_s"] = time.time() - wall_start
+            es_state, _ = stopper.update(es_state, epoch, record)
+            if longest >= cfg.train.max_consecutive_skips:
+                es_state = stopper.stop(es_state, epoch, "non_finite")
+            ckpt.save(epoch, state, es_state.to_dict(), record, consecutive)
+            files.append_metrics(record)
+            progress.update(record)
+            stop_reason = es_state.stop_reason if es_state.stopped else None
+            if interrupted.fired:
+                stop_reason = "interrupted"
+                break
+        else:
+            epoch = cfg.train.num_epochs
+    progress.close()
+    if stop_reason is None:
+        stop_reason = "interrupted" if interrupted.fired else "max_epochs"
+
+    best = ckpt.restore_best(fresh, es_state.best_epoch)
+    ckpt.close()
+    if best is None:  # Nothing was ever finite: report the last state honestly.
+        best_state, best_epoch = state, None
+    else:
+        best_state, best_epoch = best.state, best.epoch
+    test = exp.evaluate(best_state.params, best_state.batch_stats, exp.test_split)
+    history = files.read_metrics()
+    summary = {
+        "test/accuracy": test["accuracy"],
+        "test/loss": test["loss"],
+        "best_epoch": best_epoch,
+        "best_metric": {stopper.monitor: es_state.best_value},
+        "epochs_run": len(history),
+        "stop_reason": stop_reason,
+        "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
+        "num_params": int(sum(x.size for x in jax.tree.leaves(best_state.params))),
+        "seed": cfg.seed,
+        "dataset": exp.dataset.info(),
+        "devices": [str(d) for d in exp.mesh.devices.flat],
+    }
+    files.write_summary(summary)
+    files.close()
+    summary["final_state"] = best_state  # for library callers; not written to disk
+    return summary
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C / SIGTERM into a flag checked between epochs (a second one aborts).
+
+    The epoch in flight finishes and is checkpointed, so an interrupt loses nothing.
+    """
+
+    def __init__(self):
+        self.fired = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.fired:
+            raise KeyboardInterrupt
+        self.fired = True
+        print("\nInterrupt: finishing this epoch, then restoring the best checkpoint "
+              "(interrupt again to abort).", file=sys.stderr)
+
+    def __enter__(self):
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        except ValueError:  # Not the main thread: leave signals alone.
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False

@@ -1,0 +1,311 @@
+"""Tests for ml_practical.augment: each transform against numpy or an exact property."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ml_practical import augment
+
+
+def _images(n=6, h=10, w=10, c=2, seed=0):
+    return jax.random.normal(jax.random.key(seed), (n, h, w, c), jnp.float32)
+
+
+def _roll_with_fill(image, dy, dx, fill):
+    """numpy reference: np.roll, with the wrapped-around rows / columns set to fill (per channel)."""
+    out = np.roll(image, (dy, dx), axis=(0, 1)).copy()
+    if dy > 0:
+        out[:dy] = fill
+    elif dy < 0:
+        out[dy:] = fill
+    if dx > 0:
+        out[:, :dx] = fill
+    elif dx < 0:
+        out[:, dx:] = fill
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Shift
+
+
+def test_shift_images_equals_numpy_roll_with_min_fill():
+    images = _images(n=5)
+    shifts = jnp.array([[0, 0], [2, -1], [-3, 3], [9, 0], [1, 11]])  # incl. shifts past the edge
+    out = np.asarray(augment.shift_images(images, shifts))
+    x = np.asarray(images)
+    for i, (dy, dx) in enumerate(np.asarray(shifts)):
+        fill = x[i].min(axis=(0, 1))  # per-channel minimum
+        np.testing.assert_array_equal(out[i], _roll_with_fill(x[i], dy, dx, fill))
+
+
+def test_shift_images_edge_fill_replicates_border():
+    image = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    out = np.asarray(augment.shift_images(jnp.asarray(image), jnp.array([[1, -2]]), fill="edge"))
+    expected = np.pad(image[0, :, :, 0], ((1, 0), (0, 2)), mode="edge")[:4, 2:]
+    np.testing.assert_array_equal(out[0, :, :, 0], expected)
+
+
+def test_random_shift_uses_sampled_shifts_within_bound():
+    images, key = _images(n=64), jax.random.key(3)
+    shifts = np.asarray(augment.sample_shifts(key, 64, 2))
+    assert shifts.min() == -2 and shifts.max() == 2  # both ends of [-2, 2] drawn in 128 draws
+    np.testing.assert_array_equal(augment.random_shift(key, images, max_shift=2),
+                                  augment.shift_images(images, jnp.asarray(shifts)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotation
+
+
+def test_rotate_90_equals_rot90_and_0_is_identity():
+    images = _images(n=2, h=9, w=9, c=1)
+    out = np.asarray(augment.rotate_images(images, jnp.array([90.0, 0.0])))
+    x = np.asarray(images)
+    # cos(90 deg) is -4e-8 in float32, so border samples leak a hair of fill: compare the interior.
+    np.testing.assert_allclose(out[0, 1:-1, 1:-1, 0], np.rot90(x[0, :, :, 0])[1:-1, 1:-1],
+                               atol=1e-5)
+    np.testing.assert_allclose(out[1], x[1], atol=1e-6)
+
+
+def test_rotation_preserves_centred_disk_and_fills_corners_with_min():
+    h = 29
+    yy, xx = np.mgrid[:h, :h] - (h - 1) / 2
+    r = np.hypot(yy, xx)
+    disk = np.where(r <= 8.0, 1.0, -0.5).astype(np.float32)  # background -0.5, as normalized data
+    images = jnp.asarray(np.stack([disk, disk])[..., None])
+    out = np.asarray(augment.rotate_images(images, jnp.array([30.0, -17.0])))[..., 0]
+    far = np.abs(r - 8.0) > 1.5  # away from the disk's edge, bilinear sampling is exact
+    for i in range(2):
+        np.testing.assert_allclose(out[i][far], disk[far], atol=1e-5)
+        # Bilinear resampling of a rotated disk keeps its mass (sum above background) to < 1 %.
+        np.testing.assert_allclose((out[i] + 0.5).sum(), (disk + 0.5).sum(), rtol=0.01)
+    # Corners come from outside the image: filled with the minimum, -0.5.
+    np.testing.assert_allclose(out[:, 0, 0], -0.5, atol=1e-6)
+
+
+def test_random_rotation_zero_degrees_is_identity():
+    images = _images()
+    np.testing.assert_allclose(augment.random_rotation(jax.random.key(0), images, max_degrees=0.0),
+                               images, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Flip
+
+
+def test_flip_is_np_flip_or_identity_and_rate_is_p():
+    images = _images(n=2000, h=4, w=5, c=1)
+    out = np.asarray(augment.random_flip(jax.random.key(7), images, p=0.3))
+    x = np.asarray(images)
+    flipped = np.all(out == np.flip(x, axis=2), axis=(1, 2, 3))
+    same = np.all(out == x, axis=(1, 2, 3))
+    assert np.all(flipped ^ same)  # each image is exactly one of the two (random data: no symmetry)
+    assert abs(flipped.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 2000)
+
+
+# --------------------------------------------------------------------------------------------------
+# Erasing
+
+
+def test_erasing_box_area_within_scale_and_rest_untouched():
+    h = w = 28
+    n, scale = 400, (0.02, 0.33)
+    images = jax.random.uniform(jax.random.key(0), (n, h, w, 1))  # values in [0, 1)
+    out = np.asarray(augment.random_erasing(jax.random.key(1), images, p=0.5, scale=scale,
+                                            value=100.0))
+    x = np.asarray(images)
+    mask = out[..., 0] == 100.0
+    np.testing.assert_array_equal(out[~mask], x[~mask])  # the rest untouched
+    erased = mask.any(axis=(1, 2))
+    assert abs(erased.mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+    for m in mask[erased]:
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        bh, bw = len(rows), len(cols)
+        assert m.sum() == bh * bw and np.ptp(rows) + 1 == bh and np.ptp(cols) + 1 == bw  # a rectangle
+        # h, w are rounded from sqrt(A r), sqrt(A / r): the area misses A by < (h + w + 1) / 2.
+        slack = (bh + bw + 1) / 2 / (h * w)
+        assert scale[0] - slack <= m.mean() <= scale[1] + slack
+
+
+def test_erasing_with_p_zero_is_identity_and_random_value_is_noise():
+    images = _images(n=50, h=16, w=16, c=1)
+    np.testing.assert_array_equal(augment.random_erasing(jax.random.key(0), images, p=0.0), images)
+    out = np.asarray(augment.random_erasing(jax.random.key(0), jnp.zeros((50, 16, 16, 1)), p=1.0,
+                                            value="random"))
+    noise = out[out != 0]
+    assert noise.size > 50 * 0.02 * 256 and abs(noise.std() - 1.0) < 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# Color jitter
+
+
+def test_color_jitter_zero_strength_is_identity():
+    images = _images(c=3)
+    out = augment.color_jitter(jax.random.key(0), images, brightness=0.0, contrast=0.0,
+                               saturation=0.0)
+    np.testing.assert_array_equal(out, images)
+
+
+def test_color_jitter_factors_act_as_documented():
+    images = _images(n=200, c=1)
+    x = np.asarray(images)
+    # Contrast alone: the mean is kept, the spread about it scaled by c in [0.8, 1.2].
+    out = np.asarray(augment.color_jitter(jax.random.key(1), images, brightness=0.0, contrast=0.2))
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-5)
+    c = out.std(axis=(1, 2, 3)) / x.std(axis=(1, 2, 3))
+    assert c.min() >= 0.8 - 1e-5 and c.max() <= 1.2 + 1e-5 and c.max() - c.min() > 0.3
+    # Brightness alone: the background (minimum) is kept, everything above it scaled by b.
+    out = np.asarray(augment.color_jitter(jax.random.key(2), images, brightness=0.2, contrast=0.0))
+    bg = x.min(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(out.min(axis=(1, 2, 3), keepdims=True), bg, atol=1e-6)
+    b = (out - bg).max(axis=(1, 2, 3)) / (x - bg).max(axis=(1, 2, 3))
+    assert b.min() >= 0.8 - 1e-5 and b.max() <= 1.2 + 1e-5
+    np.testing.assert_allclose(out - bg, b[:, None, None, None] * (x - bg), atol=1e-5)
+
+
+def test_color_jitter_saturation_only_touches_rgb():
+    gray = _images(c=1)
+    np.testing.assert_array_equal(
+        augment.color_jitter(jax.random.key(0), gray, 0.0, 0.0, saturation=0.5), gray)
+    rgb = np.asarray(_images(c=3))
+    out = np.asarray(augment.color_jitter(jax.random.key(0), jnp.asarray(rgb), 0.0, 0.0, 0.5))
+    # The per-pixel channel mean (the gray level) is kept, the chroma scaled.
+    np.testing.assert_allclose(out.mean(axis=3), rgb.mean(axis=3), atol=1e-5)
+    assert not np.allclose(out, rgb)
+
+
+# --------------------------------------------------------------------------------------------------
+# mixup and CutMix
+
+
+def test_mixup_images_and_labels_share_lambda():
+    n = 8
+    images = _images(n=n)
+    labels = jax.nn.one_hot(jnp.arange(n), n)  # class i = image i, so labels reveal the pairing
+    out, mixed = map(np.asarray, augment.mixup(jax.random.key(4), images, labels, alpha=1.0))
+    x = np.asarray(images)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-6)
+    lam = mixed[np.arange(n), np.arange(n)]
+    assert np.allclose(lam, lam[0])  # one lambda for the batch
+    assert 0.0 < lam[0] < 1.0
+    for i in range(n):
+        others = mixed[i].copy()
+        others[i] = 0
+        j = int(others.argmax()) if others.max() > 0 else i  # pi(i); pi(i) == i leaves x_i as is
+        np.testing.assert_allclose(out[i], lam[i] * x[i] + (1 - lam[i]) * x[j], atol=1e-5)
+
+
+def test_cutmix_label_weight_equals_pasted_area():
+    n, h, w = 8, 12, 10
+    values = np.arange(1, n + 1, dtype=np.float32)
+    images = jnp.asarray(np.broadcast_to(values[:, None, None, None], (n, h, w, 1)))
+    labels = jax.nn.one_hot(jnp.arange(n), n)
+    areas = []
+    for seed in range(6):
+        out, mixed = map(np.asarray, augment.cutmix(jax.random.key(seed), images, labels))
+        np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-6)
+        for i in range(n):
+            own = out[i, ..., 0] == values[i]
+            sources = np.unique(out[i][~own[..., None]])
+            if sources.size == 0:  # nothing pasted, or pasted from itself (pi(i) == i)
+                continue
+            assert sources.size == 1
+            j = int(sources[0]) - 1
+            np.testing.assert_allclose(mixed[i, i], own.mean(), atol=1e-6)
+            np.testing.assert_allclose(mixed[i, j], 1.0 - own.mean(), atol=1e-6)
+            pasted = ~own
+            rows, cols = np.flatnonzero(pasted.any(1)), np.flatnonzero(pasted.any(0))
+            assert pasted.sum() == len(rows) * len(cols)  # a rectangle
+            areas.append(pasted.mean())
+    assert len(set(np.round(areas, 6))) > 2  # the box size varies between draws
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys, jit, scan, config names
+
+_LABELLED = {"mixup": functools.partial(augment.mixup, alpha=1.0), "cutmix": augment.cutmix}
+_IMAGE_ONLY = {
+    "flip": augment.random_flip,
+    "shift": augment.random_shift,
+    "rotation": augment.random_rotation,
+    "color_jitter": augment.color_jitter,
+    "erasing": functools.partial(augment.random_erasing, p=1.0),
+    **{name: augment.get(name) for name in augment.NAMES if name != "none"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_IMAGE_ONLY) + sorted(_LABELLED))
+def test_jit_same_key_same_output_different_key_different(name):
+    images = _images(n=8)
+    if name in _LABELLED:
+        labels = jax.nn.one_hot(jnp.arange(8), 8)
+        fn = jax.jit(lambda key, x: _LABELLED[name](key, x, labels))
+    else:
+        fn = jax.jit(_IMAGE_ONLY[name])
+    a, b, c = (fn(jax.random.key(k), images) for k in (0, 0, 1))
+    for u, v, w in zip(*(jax.tree.leaves(t) for t in (a, b, c))):
+        assert u.shape == v.shape and u.dtype == v.dtype
+        np.testing.assert_array_equal(u, v)
+        assert not np.array_equal(u, w)
+    assert jax.tree.leaves(a)[0].shape == images.shape
+
+
+def test_composed_pipeline_runs_inside_scan_and_matches_loop():
+    fn = augment.get("shift_rotate")
+    images = _images(n=4)
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def body(x, key):
+        y = fn(key, x)
+        return y, y.sum()
+
+    final, _ = jax.lax.scan(body, images, keys)
+    looped = images
+    for key in keys:
+        looped = fn(key, looped)
+    np.testing.assert_allclose(final, looped, atol=1e-5)
+
+
+def test_compose_splits_key_in_order():
+    images, key = _images(), jax.random.key(5)
+    k1, k2 = jax.random.split(key)
+    expected = augment.random_shift(k2, augment.random_flip(k1, images), max_shift=4)
+    np.testing.assert_array_equal(augment.get("flip_crop")(key, images), expected)
+    np.testing.assert_array_equal(augment.compose()(key, images), images)
+
+
+def test_get_resolves_names_and_rejects_unknown():
+    assert augment.get("none") is None
+    images, key = _images(), jax.random.key(2)
+    np.testing.assert_array_equal(augment.get("shift")(key, images),
+                                  augment.random_shift(key, images, max_shift=2))
+    np.testing.assert_array_equal(augment.get("erasing")(key, images),
+                                  augment.random_erasing(key, images))
+    expected = "train.augment: unknown 'mixup'; expected one of ['color_jitter', 'erasing', " \
+               "'flip_crop', 'none', 'shift', 'shift_rotate']"
+    with pytest.raises(ValueError) as err:
+        augment.get("mixup")
+    assert str(err.value) == expected
+
+
+def test_bad_arguments_raise_naming_the_field():
+    images = _images()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"random_flip\.p"):
+        augment.random_flip(key, images, p=1.5)
+    with pytest.raises(ValueError, match=r"random_shift\.max_shift"):
+        augment.random_shift(key, images, max_shift=-1)
+    with pytest.raises(ValueError, match=r"shift_images\.fill: unknown 'zero'; expected one of"):
+        augment.shift_images(images, jnp.zeros((6, 2), jnp.int32), fill="zero")
+    with pytest.raises(ValueError, match=r"random_erasing\.scale"):
+        augment.random_erasing(key, images, scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match=r"images: expected a \(N, H, W, C\) batch"):
+        augment.random_flip(key, images[0])
+    with pytest.raises(ValueError, match=r"labels_onehot"):
+        augment.mixup(key, images, jnp.zeros((3, 10)))

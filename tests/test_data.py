@@ -1,0 +1,472 @@
+"""Tests for ml_practical.data: IDX files, the three sources, splits, statistics, batch order."""
+
+import collections
+import gzip
+import re
+import sys
+import time
+import types
+
+import ml_collections
+import numpy as np
+import pytest
+
+from ml_practical import data
+
+N_TRAIN, N_TEST, H, W = 200, 50, 28, 28
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _cfg(**kw):
+    base = {"source": "idx", "data_dir": None, "val_size": 40, "split_seed": 0,
+            "normalize": "global", "limit_train": 0}
+    base.update(kw)
+    return base
+
+
+def _write_mnist(dirpath, train_x, train_y, test_x, test_y, gz=True):
+    ext = ".gz" if gz else ""
+    data.write_idx(dirpath / f"train-images-idx3-ubyte{ext}", train_x)
+    data.write_idx(dirpath / f"train-labels-idx1-ubyte{ext}", train_y)
+    data.write_idx(dirpath / f"t10k-images-idx3-ubyte{ext}", test_x)
+    data.write_idx(dirpath / f"t10k-labels-idx1-ubyte{ext}", test_y)
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    """A tiny MNIST-format directory: uint8 images with a constant border pixel, labels 0..9."""
+    rng = np.random.default_rng(123)
+    train_x = rng.integers(0, 256, (N_TRAIN, H, W), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (N_TEST, H, W), dtype=np.uint8)
+    train_x[:, 0, 0] = 0  # constant over train, like MNIST's border
+    train_y = (np.arange(N_TRAIN) % 10).astype(np.uint8)
+    test_y = (np.arange(N_TEST) % 10).astype(np.uint8)
+    d = tmp_path / "fake_mnist"
+    d.mkdir()
+    _write_mnist(d, train_x, train_y, test_x, test_y)
+    return types.SimpleNamespace(dir=d, train_x=train_x, train_y=train_y, test_x=test_x,
+                                 test_y=test_y)
+
+
+def _row_index(raw_images):
+    return {img.tobytes(): i for i, img in enumerate(raw_images)}
+
+
+def _source_indices(ds_x, raw_images):
+    """Maps rows of an un-normalized ("none") split back to their rows in the raw uint8 images."""
+    lookup = _row_index(raw_images)
+    rows = np.rint(np.asarray(ds_x)[..., 0] * 255).astype(np.uint8)
+    return np.array([lookup[r.tobytes()] for r in rows])
+
+
+# --------------------------------------------------------------------------- IDX round trips
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("array", [
+    np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8),
+    np.arange(7, dtype=np.uint8),
+    np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32),
+    np.array([-128, 0, 127], np.int8),
+    np.array([[-30000, 2], [3, 30000]], np.int16),
+    np.array([-2**31, 0, 2**31 - 1], np.int32),
+    np.array([np.pi, -1e300], np.float64),
+], ids=["u8_3d", "u8_1d", "f32_2d", "i8", "i16", "i32", "f64"])
+def test_idx_round_trip(tmp_path, array, suffix):
+    path = tmp_path / f"a.idx{suffix}"
+    data.write_idx(path, array)
+    out = data.read_idx(path)
+    assert out.dtype == array.dtype and out.shape == array.shape
+    np.testing.assert_array_equal(out, array)
+    assert out.flags.writeable
+    if suffix:  # really compressed, and bit-identical on a second write (mtime=0)
+        first = path.read_bytes()
+        assert first[:2] == b"\x1f\x8b"
+        data.write_idx(path, array)
+        assert path.read_bytes() == first
+
+
+def test_idx_reads_hand_built_bytes(tmp_path):
+    """The LeCun layout, written byte by byte, independently of write_idx."""
+    p = tmp_path / "u8"
+    p.write_bytes(bytes([0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 255]))
+    np.testing.assert_array_equal(data.read_idx(p), [[1, 2, 3], [4, 5, 255]])
+    p = tmp_path / "i16"  # big-endian: 0x0100 = 256, 0xFFFE = -2
+    p.write_bytes(bytes([0, 0, 0x0B, 1, 0, 0, 0, 2, 0x01, 0x00, 0xFF, 0xFE]))
+    np.testing.assert_array_equal(data.read_idx(p), [256, -2])
+    p = tmp_path / "f32"  # 0x3FC00000 = 1.5
+    p.write_bytes(bytes([0, 0, 0x0D, 1, 0, 0, 0, 1, 0x3F, 0xC0, 0, 0]))
+    assert data.read_idx(p).tolist() == [1.5]
+    # write_idx produces the same header for the same array.
+    data.write_idx(tmp_path / "w", np.array([[1, 2, 3], [4, 5, 255]], np.uint8))
+    assert (tmp_path / "w").read_bytes()[:12] == bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3])
+
+
+def test_write_idx_rejects_unsupported_dtype(tmp_path):
+    with pytest.raises(ValueError, match=r"dtype int64 has no IDX type code.*uint8"):
+        data.write_idx(tmp_path / "x", np.arange(3, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- corrupt files
+
+
+def _good_bytes():
+    return bytes([0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("bad_magic", b"\x01\x00" + _good_bytes()[2:], "bad magic 01000802"),
+    ("gz_without_suffix", gzip.compress(_good_bytes()), "looks gzip-compressed"),
+    ("type_code", _good_bytes()[:2] + b"\x0a" + _good_bytes()[3:], "unknown type code 0x0A"),
+    ("truncated", _good_bytes()[:-1], "truncated.*needs 6 payload bytes but the file has 5"),
+    ("trailing", _good_bytes() + b"\x00", "trailing bytes.*needs 6 payload bytes.*has 7"),
+    ("short_header", _good_bytes()[:9], "header needs 12 bytes"),
+    ("too_short", b"\x00\x00", "too short"),
+    ("zero_ndim", bytes([0, 0, 8, 0]), "ndim is 0"),
+])
+def test_read_idx_rejects_corrupt_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
+        data.read_idx(path)
+
+
+def test_read_idx_corrupt_gzip(tmp_path):
+    garbage = tmp_path / "garbage.gz"
+    garbage.write_bytes(b"this is not gzip at all")
+    with pytest.raises(ValueError, match=re.escape(str(garbage)) + ".*corrupt gzip"):
+        data.read_idx(garbage)
+    good = gzip.compress(_good_bytes(), mtime=0)
+    crc = tmp_path / "crc.gz"  # flip a bit of the CRC32 trailer: the payload inflates fine
+    crc.write_bytes(good[:-8] + bytes([good[-8] ^ 1]) + good[-7:])
+    with pytest.raises(ValueError, match=re.escape(str(crc)) + ".*corrupt gzip.*CRC"):
+        data.read_idx(crc)
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(good[:-10])
+    with pytest.raises(ValueError, match=re.escape(str(cut)) + ".*corrupt gzip"):
+        data.read_idx(cut)
+
+
+def test_load_idx_dir_count_mismatch(fake_mnist):
+    data.write_idx(fake_mnist.dir / "t10k-labels-idx1-ubyte.gz", fake_mnist.test_y[:-1])
+    with pytest.raises(ValueError, match=r"test split.*t10k-images-idx3-ubyte\.gz has 50 images "
+                                         r"but .*t10k-labels-idx1-ubyte\.gz has 49 labels"):
+        data.load_idx_dir(fake_mnist.dir)
+
+
+def test_load_idx_dir_wrong_ndim(fake_mnist):
+    data.write_idx(fake_mnist.dir / "train-images-idx3-ubyte.gz",
+                   fake_mnist.train_x.reshape(N_TRAIN, -1))
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: images have shape "
+                                         r"\(200, 784\); expected 3"):
+        data.load_idx_dir(fake_mnist.dir)
+
+
+def test_load_idx_dir_missing_file(fake_mnist):
+    (fake_mnist.dir / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(fake_mnist.dir))
+                       + r".*'train-labels-idx1-ubyte', 'train-labels-idx1-ubyte\.gz'"):
+        data.load_idx_dir(fake_mnist.dir)
+
+
+def test_load_idx_dir_missing_dir(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(str(missing)) + ".*ML_PRACTICAL_DATA_DIR"):
+        data.load_idx_dir(missing)
+
+
+def test_load_idx_dir_accepts_raw_and_dotted_names(fake_mnist, tmp_path):
+    d = tmp_path / "raw"
+    d.mkdir()
+    _write_mnist(d, fake_mnist.train_x, fake_mnist.train_y, fake_mnist.test_x, fake_mnist.test_y,
+                 gz=False)
+    (d / "t10k-images-idx3-ubyte").rename(d / "t10k-images.idx3-ubyte")
+    raw = data.load_idx_dir(d)
+    np.testing.assert_array_equal(raw.train_x, fake_mnist.train_x)
+    np.testing.assert_array_equal(raw.test_x, fake_mnist.test_x)
+    np.testing.assert_array_equal(raw.test_y, fake_mnist.test_y)
+    assert raw.scale == 255.0 and raw.name == "raw"
+
+
+# --------------------------------------------------------------------------- load_dataset on IDX
+
+
+def test_load_dataset_shapes_and_split(fake_mnist):
+    ds = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), val_size=40))
+    assert ds.train_x.shape == (160, H, W, 1) and ds.val_x.shape == (40, H, W, 1)
+    assert ds.test_x.shape == (N_TEST, H, W, 1)
+    assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int32
+    assert ds.num_classes == 10 and ds.name == "fake_mnist"
+    info = ds.info()
+    assert (info["num_train"], info["num_val"], info["num_test"]) == (160, 40, 50)
+    assert info["image_shape"] == [H, W, 1]
+    frac = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), val_size=0.1))
+    assert len(frac.val_y) == 20 and len(frac.train_y) == 180
+
+
+def test_split_is_a_partition_with_matching_labels(fake_mnist):
+    ds = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), normalize="none"))
+    tr = _source_indices(ds.train_x, fake_mnist.train_x)
+    va = _source_indices(ds.val_x, fake_mnist.train_x)
+    assert np.all(np.diff(tr) > 0) and np.all(np.diff(va) > 0)  # file order kept
+    np.testing.assert_array_equal(np.sort(np.concatenate([tr, va])), np.arange(N_TRAIN))
+    np.testing.assert_array_equal(ds.train_y, fake_mnist.train_y[tr])
+    np.testing.assert_array_equal(ds.val_y, fake_mnist.train_y[va])
+    np.testing.assert_array_equal(_source_indices(ds.test_x, fake_mnist.test_x), np.arange(N_TEST))
+    np.testing.assert_allclose(ds.test_x[..., 0], fake_mnist.test_x / 255.0, atol=1e-7)
+
+
+def test_split_determinism(fake_mnist):
+    a = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), split_seed=3))
+    b = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), split_seed=3))
+    c = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), split_seed=4))
+    np.testing.assert_array_equal(a.val_x, b.val_x)
+    np.testing.assert_array_equal(a.train_x, b.train_x)
+    va = _source_indices(a.val_x * a.norm_stats[1] + a.norm_stats[0], fake_mnist.train_x)
+    vc = _source_indices(c.val_x * c.norm_stats[1] + c.norm_stats[0], fake_mnist.train_x)
+    assert len(set(va) ^ set(vc)) > 0
+
+
+def test_global_stats_come_from_train_part_only(fake_mnist):
+    ds = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), normalize="global"))
+    raw = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), normalize="none"))
+    tr = _source_indices(raw.train_x, fake_mnist.train_x)
+    train_part = fake_mnist.train_x[tr].astype(np.float64) / 255.0
+    mean, std = ds.norm_stats
+    assert np.shape(mean) == () and np.shape(std) == ()
+    np.testing.assert_allclose(mean, train_part.mean(), rtol=1e-6)
+    np.testing.assert_allclose(std, train_part.std(), rtol=1e-6)
+    # Including the validation rows would give visibly different statistics.
+    assert abs(fake_mnist.train_x.mean() / 255.0 - train_part.mean()) > 1e-5
+    assert abs(float(ds.train_x.mean(dtype=np.float64))) < 1e-5
+    assert abs(float(ds.train_x.std(dtype=np.float64)) - 1.0) < 1e-5
+    # The same (mean, std) is applied to val and test.
+    np.testing.assert_allclose(ds.test_x, (raw.test_x - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(ds.val_x, (raw.val_x - mean) / std, atol=1e-5)
+
+
+def test_per_pixel_stats(fake_mnist):
+    ds = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), normalize="per_pixel"))
+    raw = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), normalize="none"))
+    mean, std = ds.norm_stats
+    assert mean.shape == std.shape == (H, W, 1)
+    np.testing.assert_allclose(mean, raw.train_x.mean(0), atol=1e-6)
+    np.testing.assert_allclose(std[1:, 1:], raw.train_x.std(0)[1:, 1:], rtol=1e-5)
+    # The constant border pixel keeps std 1 (no division by zero) and maps to exactly 0.
+    assert std[0, 0, 0] == 1.0 and np.all(ds.train_x[:, 0, 0, 0] == 0.0)
+    np.testing.assert_allclose(ds.train_x.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(ds.train_x.std(0)[1:, 1:], 1.0, atol=1e-4)
+
+
+def test_limit_train_keeps_val_and_subsets_train(fake_mnist):
+    full = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), normalize="none"))
+    small = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), normalize="none",
+                                   limit_train=50))
+    assert len(small.train_y) == 50
+    np.testing.assert_array_equal(small.val_x, full.val_x)
+    tr_small = set(_source_indices(small.train_x, fake_mnist.train_x))
+    assert tr_small <= set(_source_indices(full.train_x, fake_mnist.train_x))
+    assert max(tr_small) > 60  # a seeded subset, not the first rows
+
+
+def test_arrays_are_read_only(fake_mnist):
+    ds = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir)))
+    with pytest.raises(ValueError, match="read-only"):
+        ds.train_x[0, 0, 0, 0] = 1.0
+
+
+def test_labels_out_of_range(fake_mnist):
+    bad = fake_mnist.train_y.copy()
+    bad[7] = 12
+    data.write_idx(fake_mnist.dir / "train-labels-idx1-ubyte.gz", bad)
+    with pytest.raises(ValueError, match=r"train labels.*min 0, max 12.*\[0, 10\)"):
+        data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), num_classes=10))
+    # Inferred from train (max + 1 = 13): fine for train.
+    assert data.load_dataset(_cfg(data_dir=str(fake_mnist.dir))).num_classes == 13
+    neg = fake_mnist.test_y.astype(np.int32)
+    neg[3] = -1
+    data.write_idx(fake_mnist.dir / "t10k-labels-idx1-ubyte.gz", neg)
+    with pytest.raises(ValueError, match=r"test labels.*min -1, max 9"):
+        data.load_dataset(_cfg(data_dir=str(fake_mnist.dir)))
+
+
+def test_env_var_fallback(fake_mnist, monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(fake_mnist.dir))
+    explicit = data.load_dataset(_cfg(data_dir=str(fake_mnist.dir)))
+    for empty in (None, ""):
+        ds = data.load_dataset(_cfg(data_dir=empty))
+        np.testing.assert_array_equal(ds.train_x, explicit.train_x)
+    monkeypatch.delenv(data.DATA_DIR_ENV)
+    with pytest.raises(FileNotFoundError, match="data.data_dir is empty and "
+                                                "ML_PRACTICAL_DATA_DIR is not set"):
+        data.load_dataset(_cfg(data_dir=""))
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(fake_mnist.dir / "gone"))
+    with pytest.raises(FileNotFoundError, match=r"gone \(from \$ML_PRACTICAL_DATA_DIR\)"):
+        data.load_dataset(_cfg(data_dir=None))
+
+
+def test_config_dict_accepted(fake_mnist):
+    cfg = ml_collections.ConfigDict(_cfg(data_dir=str(fake_mnist.dir), val_size=25))
+    assert len(data.load_dataset(cfg).val_y) == 25
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"source": "csv"}, r"data.source: unknown 'csv'; expected one of \['digits', 'idx', 'tfds'\]"),
+    ({"normalize": "minmax"}, r"data.normalize: unknown 'minmax'; expected one of \['global', "
+                              r"'none', 'per_pixel'\]"),
+    ({"val_size": 0}, r"data.val_size: 0 gives 0 validation examples; expected 1 .. 199"),
+    ({"val_size": 200}, r"data.val_size: 200 gives 200"),
+    ({"val_size": 1.0}, r"data.val_size: 1.0 as a fraction must lie in \(0, 1\)"),
+    ({"val_size": True}, r"data.val_size: True"),
+    ({"split_seed": -1}, r"data.split_seed: -1; expected an integer >= 0"),
+    ({"val_sise": 3}, r"data: unknown field\(s\) \['val_sise'\]"),
+])
+def test_bad_config_values(fake_mnist, override, message):
+    with pytest.raises(ValueError, match=message):
+        data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), **override))
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_source():
+    from sklearn.datasets import load_digits
+
+    ds = data.load_dataset({"source": "digits", "val_size": 0.1, "normalize": "none"})
+    assert ds.train_x.shape[1:] == (8, 8, 1) and ds.num_classes == 10
+    assert len(ds.test_y) == 360 and len(ds.val_y) == 144 and len(ds.train_y) == 1293
+    assert ds.train_x.min() == 0.0 and ds.train_x.max() == 1.0  # 0..16 scaled by 1/16
+    # train + val + test is exactly the 1797 sklearn rows (as a multiset: no row used twice).
+    sk = load_digits()
+    want = collections.Counter((img.astype(np.uint8).tobytes(), int(y))
+                               for img, y in zip(sk.images, sk.target))
+    got = collections.Counter()
+    for x, y in ((ds.train_x, ds.train_y), (ds.val_x, ds.val_y), (ds.test_x, ds.test_y)):
+        got.update((np.rint(img[..., 0] * 16).astype(np.uint8).tobytes(), int(lab))
+                   for img, lab in zip(x, y))
+    assert got == want
+    # The test split does not move with split_seed.
+    other = data.load_dataset({"source": "digits", "val_size": 0.1, "normalize": "none",
+                               "split_seed": 5})
+    np.testing.assert_array_equal(other.test_x, ds.test_x)
+    assert not np.array_equal(other.val_y, ds.val_y)
+
+
+# --------------------------------------------------------------------------- batch order
+
+
+def test_epoch_permutation():
+    p = data.epoch_permutation(7, 2, 100)
+    assert p.dtype == np.int32
+    np.testing.assert_array_equal(np.sort(p), np.arange(100))
+    # Pure in (seed, epoch): no hidden generator state, whatever was drawn before.
+    for e in range(5):
+        data.epoch_permutation(7, e, 100)
+    np.testing.assert_array_equal(data.epoch_permutation(7, 2, 100), p)
+    np.testing.assert_array_equal(p, np.random.default_rng([7, 2]).permutation(100))
+    assert not np.array_equal(p, data.epoch_permutation(7, 3, 100))
+    assert not np.array_equal(p, data.epoch_permutation(8, 2, 100))
+    with pytest.raises(ValueError, match="epoch=-1"):
+        data.epoch_permutation(0, -1, 10)
+
+
+def test_batch_indices():
+    idx = data.batch_indices(0, 1, 103, 10)
+    assert idx.shape == (10, 10)
+    np.testing.assert_array_equal(idx.ravel(), data.epoch_permutation(0, 1, 103)[:100])
+    assert len(np.unique(idx)) == 100
+    full = data.batch_indices(0, 1, 103, 10, drop_remainder=False)
+    assert full.shape == (11, 10)
+    np.testing.assert_array_equal(full[:10], idx)
+    np.testing.assert_array_equal(np.unique(full), np.arange(103))  # every example seen
+    # A "resumed" run asking for epoch 1 alone gets the batches of the uninterrupted run.
+    uninterrupted = [data.batch_indices(0, e, 103, 10) for e in range(3)]
+    np.testing.assert_array_equal(data.batch_indices(0, 1, 103, 10), uninterrupted[1])
+    for bad in (0, -1, 104):
+        with pytest.raises(ValueError, match=f"batch_size={bad} must lie in"):
+            data.batch_indices(0, 0, 103, bad)
+
+
+# --------------------------------------------------------------------------- TFDS, faked
+
+
+def test_tfds_missing_says_install_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[tfds]"')):
+        data.load_tfds("mnist")
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[tfds]"')):
+        data.load_dataset({"source": "tfds", "tfds_name": "mnist"})
+
+
+class _FakeBuilder:
+    def __init__(self, name, data_dir, prepared, splits=None, num_classes=10):
+        self.name, self.data_dir = name, f"{data_dir}/{name}/3.0.1"
+        self.prepared, self.splits, self.calls = prepared, splits, []
+        label = types.SimpleNamespace(num_classes=num_classes)
+        self.info = types.SimpleNamespace(features={"label": label},
+                                          supervised_keys=("image", "label"))
+
+    def is_prepared(self):
+        self.calls.append("is_prepared")
+        return self.prepared
+
+    def download_and_prepare(self):
+        self.calls.append("download_and_prepare")
+        self.prepared = True
+
+    def as_dataset(self, split, batch_size):
+        self.calls.append(f"as_dataset:{split}")
+        if not self.prepared:
+            raise AssertionError("would hit the network")
+        assert batch_size == -1
+        return self.splits[split]
+
+
+def _fake_tfds(monkeypatch, builder):
+    mod = types.ModuleType("tensorflow_datasets")
+    mod.builder = lambda name, data_dir=None: builder
+    mod.as_numpy = lambda ds: ds
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", mod)
+
+
+def test_tfds_unprepared_fails_fast(monkeypatch, tmp_path):
+    builder = _FakeBuilder("mnist", str(tmp_path), prepared=False)
+    _fake_tfds(monkeypatch, builder)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(builder.data_dir) + r".*data.download=True.*tfds build"):
+        data.load_dataset({"source": "tfds", "tfds_name": "mnist", "data_dir": str(tmp_path)})
+    assert time.perf_counter() - start < 2.0
+    assert builder.calls == ["is_prepared"]  # nothing else was touched
+
+
+def test_tfds_download_prepares_first(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+    splits = {s: {"image": rng.integers(0, 256, (n, 6, 6, 1), dtype=np.uint8),
+                  "label": rng.integers(0, 3, n)} for s, n in (("train", 30), ("test", 8))}
+    builder = _FakeBuilder("mnist", str(tmp_path), prepared=False, splits=splits)
+    _fake_tfds(monkeypatch, builder)
+    data.load_tfds("mnist", data_dir=str(tmp_path), download=True)
+    assert builder.calls == ["download_and_prepare", "as_dataset:train", "as_dataset:test"]
+
+
+def test_tfds_prepared_gives_dataset(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+    splits = {s: {"image": rng.integers(0, 256, (n, 6, 6, 1), dtype=np.uint8),
+                  "label": rng.integers(0, 4, n)} for s, n in (("train", 30), ("test", 8))}
+    builder = _FakeBuilder("fashion_mnist", str(tmp_path), prepared=True, splits=splits)
+    _fake_tfds(monkeypatch, builder)
+    ds = data.load_dataset({"source": "tfds", "tfds_name": "fashion_mnist",
+                            "data_dir": str(tmp_path), "val_size": 5, "normalize": "none"})
+    assert ds.name == "fashion_mnist"
+    assert ds.num_classes == 10  # from the label feature, not max(label) + 1 = 4
+    assert ds.train_x.shape == (25, 6, 6, 1) and ds.val_x.shape == (5, 6, 6, 1)
+    np.testing.assert_allclose(ds.test_x, splits["test"]["image"] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(ds.test_y, splits["test"]["label"])
+    assert ds.test_y.dtype == np.int32
+    # Train + val together are the TFDS train split.
+    got = np.sort(np.concatenate([ds.train_y, ds.val_y]))
+    np.testing.assert_array_equal(got, np.sort(splits["train"]["label"]))
