@@ -44,6 +44,9 @@ FILLS = ("edge", "min")
 # all 10 at once so the shape is static.
 ERASING_ATTEMPTS = 10
 
+# Each call to a jax.random sampler compiles its own threefry hash, about 0.3 s of XLA time on a
+# CPU; so each transform draws all its uniforms in one call and slices them.
+
 
 # --------------------------------------------------------------------------------------------------
 # Validation (runs at trace time on static Python values)
@@ -75,6 +78,21 @@ def _check_labels(images: Array, labels_onehot: Array) -> None:
     if labels_onehot.ndim != 2 or labels_onehot.shape[0] != images.shape[0]:
         raise ValueError(f"labels_onehot: expected shape (N, num_classes) with N = "
                          f"{images.shape[0]}; got {tuple(labels_onehot.shape)}")
+
+
+def _beta_symmetric(key: Array, alpha: float) -> Array:
+    """lam ~ Beta(alpha, alpha) as sigmoid(log G1 - log G2), G1, G2 ~ Gamma(alpha) independent.
+
+    G1 / (G1 + G2) is Beta(alpha, alpha); drawing log G keeps it exact for small alpha, where G
+    underflows to 0 (what jax.random.beta does too, with two gamma calls instead of one).
+    """
+    log_g = jax.random.loggamma(key, jnp.full((2,), alpha, jnp.float32))
+    return jax.nn.sigmoid(log_g[0] - log_g[1])
+
+
+def _permutation(uniforms: Array) -> Array:
+    """A uniformly random permutation: the argsort of i.i.d. uniforms (ties have probability ~0)."""
+    return jnp.argsort(uniforms)
 
 
 def _background(images: Array) -> Array:
@@ -271,19 +289,15 @@ def color_jitter(key: Array, images: Array, brightness: float = 0.2, contrast: f
                          ("saturation", saturation)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"color_jitter.{field}: {value!r}; expected 0 <= {field} <= 1")
-    b_key, c_key, s_key = jax.random.split(key, 3)
-
-    def factor(k, strength):
-        return jax.random.uniform(k, (n, 1, 1, 1), images.dtype, 1.0 - strength, 1.0 + strength)
-
-    # x + (f - 1)(x - ref) rather than ref + f (x - ref): exactly the identity when f == 1.
+    u = jax.random.uniform(key, (3, n, 1, 1, 1), images.dtype, -1.0, 1.0)
+    # x + (f - 1)(x - ref) with f - 1 = s u, u ~ U(-1, 1): exactly the identity when s == 0.
     out = images
     if brightness > 0:
-        out = out + (factor(b_key, brightness) - 1.0) * (out - _background(out))
+        out = out + brightness * u[0] * (out - _background(out))
     if contrast > 0:
-        out = out + (factor(c_key, contrast) - 1.0) * (out - out.mean(axis=(1, 2, 3), keepdims=True))
+        out = out + contrast * u[1] * (out - out.mean(axis=(1, 2, 3), keepdims=True))
     if saturation > 0 and c == 3:
-        out = out + (factor(s_key, saturation) - 1.0) * (out - out.mean(axis=3, keepdims=True))
+        out = out + saturation * u[2] * (out - out.mean(axis=3, keepdims=True))
     return out
 
 
@@ -308,8 +322,9 @@ def random_erasing(key: Array, images: Array, p: float = 0.25,
       p: probability that an image gets a box.
       scale: (lo, hi) bounds on the erased fraction of the image, within [0, 1].
       ratio: (lo, hi) bounds on the aspect ratio h / w, > 0.
-      value: the fill, a number (0.0 is the dataset mean of normalized data), or "random" for
-        per-pixel standard normal noise (the paper's random values, in normalized units).
+      value: the fill, a number (0.0 is the dataset mean of normalized data), or "random": each
+        pixel uniform between the image's per-channel minimum and maximum, the paper's random
+        values in [0, 255] carried to normalized units.
 
     Returns:
       The batch with the boxes filled, same shape and dtype.
@@ -322,30 +337,30 @@ def random_erasing(key: Array, images: Array, p: float = 0.25,
                          f"0 < lo <= hi")
     if isinstance(value, str) and value != "random":
         raise ValueError(f"random_erasing.value: unknown {value!r}; expected a number or 'random'")
-    apply_key, area_key, ratio_key, y_key, x_key, noise_key = jax.random.split(key, 6)
-    shape = (n, ERASING_ATTEMPTS)
-    area = jax.random.uniform(area_key, shape, minval=scale[0], maxval=scale[1]) * (h * w)
-    aspect = jnp.exp(jax.random.uniform(ratio_key, shape, minval=math.log(ratio[0]),
-                                        maxval=math.log(ratio[1])))
+    draw_key, noise_key = jax.random.split(key)
+    a = ERASING_ATTEMPTS
+    u = jax.random.uniform(draw_key, (n, 2 * a + 3))
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, :a]) * (h * w)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[:, a:2 * a])
     box_h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
     box_w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
     fits = (box_h >= 1) & (box_h <= h) & (box_w >= 1) & (box_w <= w)
     first = jnp.argmax(fits, axis=1)  # index of the first box that fits (0 if none does)
     box_h = jnp.take_along_axis(box_h, first[:, None], axis=1)[:, 0]
     box_w = jnp.take_along_axis(box_w, first[:, None], axis=1)[:, 0]
-    erase = jax.random.bernoulli(apply_key, p, (n,)) & jnp.any(fits, axis=1)
+    erase = (u[:, 2 * a] < p) & jnp.any(fits, axis=1)
     # Corner uniform on {0, ..., H - h}: floor(u (H - h + 1)), clipped against u's float rounding.
-    top = jnp.minimum(jnp.floor(jax.random.uniform(y_key, (n,)) * (h - box_h + 1)).astype(jnp.int32),
-                      h - box_h)
-    left = jnp.minimum(jnp.floor(jax.random.uniform(x_key, (n,)) * (w - box_w + 1)).astype(jnp.int32),
-                       w - box_w)
+    top = jnp.minimum(jnp.floor(u[:, 2 * a + 1] * (h - box_h + 1)).astype(jnp.int32), h - box_h)
+    left = jnp.minimum(jnp.floor(u[:, 2 * a + 2] * (w - box_w + 1)).astype(jnp.int32), w - box_w)
     rows = jnp.arange(h)[None, :]
     cols = jnp.arange(w)[None, :]
     in_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])  # (N, H)
     in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])  # (N, W)
     mask = in_rows[:, :, None, None] & in_cols[:, None, :, None] & erase[:, None, None, None]
     if value == "random":
-        fill = jax.random.normal(noise_key, images.shape, images.dtype)
+        low, high = _background(images), jnp.max(images, axis=(1, 2), keepdims=True)
+        fill = jax.random.uniform(noise_key, images.shape, images.dtype, low, high)
     else:
         fill = jnp.asarray(value, images.dtype)
     return jnp.where(mask, fill, images)
@@ -378,8 +393,8 @@ def mixup(key: Array, images: Array, labels_onehot: Array,
     if alpha <= 0:
         raise ValueError(f"mixup.alpha: {alpha!r}; expected > 0")
     lam_key, perm_key = jax.random.split(key)
-    lam = jax.random.beta(lam_key, alpha, alpha)
-    perm = jax.random.permutation(perm_key, images.shape[0])
+    lam = _beta_symmetric(lam_key, alpha)
+    perm = _permutation(jax.random.uniform(perm_key, (images.shape[0],)))
     mixed_images = lam.astype(images.dtype) * images + (1 - lam).astype(images.dtype) * images[perm]
     lam_y = lam.astype(labels_onehot.dtype)
     mixed_labels = lam_y * labels_onehot + (1 - lam_y) * labels_onehot[perm]
@@ -411,14 +426,16 @@ def cutmix(key: Array, images: Array, labels_onehot: Array,
     _check_labels(images, labels_onehot)
     if alpha <= 0:
         raise ValueError(f"cutmix.alpha: {alpha!r}; expected > 0")
-    lam_key, perm_key, y_key, x_key = jax.random.split(key, 4)
-    lam = jax.random.beta(lam_key, alpha, alpha)
-    perm = jax.random.permutation(perm_key, images.shape[0])
+    n = images.shape[0]
+    lam_key, draw_key = jax.random.split(key)
+    lam = _beta_symmetric(lam_key, alpha)
+    u = jax.random.uniform(draw_key, (n + 2,))
+    perm = _permutation(u[:n])
     cut = jnp.sqrt(1.0 - lam)
     cut_h = jnp.floor(h * cut).astype(jnp.int32)
     cut_w = jnp.floor(w * cut).astype(jnp.int32)
-    cy = jax.random.randint(y_key, (), 0, h)
-    cx = jax.random.randint(x_key, (), 0, w)
+    cy = jnp.minimum(jnp.floor(u[n] * h).astype(jnp.int32), h - 1)  # uniform on {0, ..., H-1}
+    cx = jnp.minimum(jnp.floor(u[n + 1] * w).astype(jnp.int32), w - 1)
     y0, y1 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
     x0, x1 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
     rows, cols = jnp.arange(h), jnp.arange(w)

@@ -1,4 +1,4 @@
-"""Weight initializers from the chapter (section 12.1): zero, small random, Xavier, He, orthogonal, embedding.
+"""Weight initializers (chapter section 12.1): zero, small random, Xavier, He, orthogonal, embedding.
 
 Every public factory returns a jax-style `init(key, shape, dtype=jnp.float32) -> Array`, so it drops
 into any flax layer: `nn.Dense(128, kernel_init=he_normal())`. Config files name initializers by

@@ -186,9 +186,12 @@ class RunFiles:
 class Progress:
     """A tqdm bar over epochs (epoch, loss, accuracy, time left) when stderr is a terminal."""
 
-    def __init__(self, total: int, initial: int = 0, enabled: str | bool = "auto"):
-        if enabled == "auto":
-            enabled = sys.stderr.isatty()
+    MODES = ("auto", "always", "never")
+
+    def __init__(self, total: int, initial: int = 0, mode: str = "auto"):
+        if mode not in self.MODES:
+            raise ValueError(f"train.progress: unknown {mode!r}; expected one of {list(self.MODES)}")
+        enabled = sys.stderr.isatty() if mode == "auto" else mode == "always"
         self._bar = None
         if enabled:
             from tqdm.auto import tqdm

@@ -105,7 +105,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         "loss": losses.cross_entropy(logits, batch["label"]),
         "objective": objective,
         "accuracy": losses.accuracy(logits, batch["label"]),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     if skip_nonfinite:
         ok = jnp.isfinite(objective) & _tree_all_finite(grads)
@@ -226,7 +226,9 @@ def summarize_epoch(step_metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
     out = {"train/skipped_steps": int(skipped.sum())}
     for name in ("loss", "objective", "accuracy", "grad_norm"):
         values = np.asarray(step_metrics[name])[ok]
-        out[f"train/{name}"] = float(values.mean()) if values.size else float("nan")
+        # grad_norm: mean global L2 norm of the raw (pre-clipping) gradient over the epoch.
+        key = name if name == "grad_norm" else f"train/{name}"
+        out[key] = float(values.mean()) if values.size else float("nan")
     return out
 
 
@@ -358,7 +360,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     stop_reason = es_state.stop_reason if es_state.stopped else None
     wall_start = time.time() - files.previous_wall_time(start_epoch - 1)
     progress = run_files.Progress(cfg.train.num_epochs, initial=start_epoch - 1,
-                                  enabled=cfg.train.get("progress", "auto"))
+                                  mode=cfg.train.get("progress", "auto"))
     interrupted = _InterruptFlag()
     epoch = start_epoch - 1
     with interrupted:

@@ -131,13 +131,18 @@ def test_erasing_box_area_within_scale_and_rest_untouched():
         assert scale[0] - slack <= m.mean() <= scale[1] + slack
 
 
-def test_erasing_with_p_zero_is_identity_and_random_value_is_noise():
+def test_erasing_with_p_zero_is_identity_and_random_value_spans_the_image_range():
     images = _images(n=50, h=16, w=16, c=1)
     np.testing.assert_array_equal(augment.random_erasing(jax.random.key(0), images, p=0.0), images)
-    out = np.asarray(augment.random_erasing(jax.random.key(0), jnp.zeros((50, 16, 16, 1)), p=1.0,
+    # Background -1 with one +1 pixel per image: the range the random fill must be uniform on.
+    flat = np.full((50, 16, 16, 1), -1.0, np.float32)
+    flat[:, 0, 0] = 1.0
+    out = np.asarray(augment.random_erasing(jax.random.key(0), jnp.asarray(flat), p=1.0,
                                             value="random"))
-    noise = out[out != 0]
-    assert noise.size > 50 * 0.02 * 256 and abs(noise.std() - 1.0) < 0.05
+    noise = out[(out != -1.0) & (out != 1.0)]
+    assert noise.size > 50 * 0.02 * 256
+    assert noise.min() >= -1.0 and noise.max() <= 1.0
+    assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1 / np.sqrt(3)) < 0.05  # U(-1, 1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   cfg.train.skip_nonfinite = True
   cfg.train.max_consecutive_skips = 20
   cfg.train.num_devices = 0        # 0 = every local device
-  cfg.train.progress = "auto"      # tqdm bar when stderr is a terminal
+  cfg.train.progress = "auto"      # "auto" (bar when stderr is a terminal) | "always" | "never"
   cfg.train.restart = False        # True: delete the workdir's run and start over
 
   cfg.early_stopping = ml_collections.ConfigDict()
