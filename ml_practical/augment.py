@@ -104,7 +104,7 @@ def _background(images: Array) -> Array:
 # Geometric transforms
 
 
-@functools.partial(jax.jit, static_argnames=('p',))
+@functools.partial(jax.jit, static_argnames=("p",))
 def random_flip(key: Array, images: Array, p: float = 0.5) -> Array:
     """Horizontal flip of each image with probability p (torchvision's RandomHorizontalFlip).
 
@@ -126,7 +126,7 @@ def random_flip(key: Array, images: Array, p: float = 0.5) -> Array:
     return jnp.where(flip, images[:, :, ::-1, :], images)
 
 
-@functools.partial(jax.jit, static_argnames=('fill',))
+@functools.partial(jax.jit, static_argnames=("fill",))
 def shift_images(images: Array, shifts: Array, fill: str = "min") -> Array:
     """Translate each image by an integer number of pixels: the deterministic core of random_shift.
 
@@ -159,12 +159,13 @@ def shift_images(images: Array, shifts: Array, fill: str = "min") -> Array:
     return jnp.where(inside, out, _background(images))
 
 
+@functools.partial(jax.jit, static_argnames=("num_images", "max_shift"))
 def sample_shifts(key: Array, num_images: int, max_shift: int) -> Array:
     """The (N, 2) integer shifts (dy, dx) random_shift draws: uniform on [-max_shift, max_shift]."""
     return jax.random.randint(key, (num_images, 2), -max_shift, max_shift + 1)
 
 
-@functools.partial(jax.jit, static_argnames=('max_shift', 'fill'))
+@functools.partial(jax.jit, static_argnames=("max_shift", "fill"))
 def random_shift(key: Array, images: Array, max_shift: int = 2, fill: str = "min") -> Array:
     """Random translation of each image by up to max_shift pixels on each axis.
 
@@ -188,14 +189,15 @@ def random_shift(key: Array, images: Array, max_shift: int = 2, fill: str = "min
     return shift_images(images, sample_shifts(key, n, int(max_shift)), fill=fill)
 
 
-@functools.partial(jax.jit, static_argnames=('fill',))
+@functools.partial(jax.jit, static_argnames=("fill",))
 def rotate_images(images: Array, degrees: Array, fill: str = "min") -> Array:
-    """Rotate each image about its centre by its own angle: the deterministic core of random_rotation.
+    """Rotate each image about its centre by its own angle: random_rotation's deterministic core.
 
     Positive angles turn the picture counter-clockwise as displayed (row 0 at the top), the
     convention of torchvision's `rotate` and numpy's `np.rot90`. Output pixel (y, x) samples the
     input at the inverse rotation about c = ((H-1)/2, (W-1)/2):
-        y' = c_y + (x - c_x) sin t + (y - c_y) cos t,   x' = c_x + (x - c_x) cos t - (y - c_y) sin t,
+        y' = c_y + (x - c_x) sin t + (y - c_y) cos t,
+        x' = c_x + (x - c_x) cos t - (y - c_y) sin t,
     by bilinear interpolation (`jax.scipy.ndimage.map_coordinates`, order=1).
 
     Args:
@@ -233,7 +235,7 @@ def rotate_images(images: Array, degrees: Array, fill: str = "min") -> Array:
     return (rotated + background).astype(images.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=('max_degrees', 'fill'))
+@functools.partial(jax.jit, static_argnames=("max_degrees", "fill"))
 def random_rotation(key: Array, images: Array, max_degrees: float = 10.0,
                     fill: str = "min") -> Array:
     """Rotation of each image by an angle uniform on [-max_degrees, max_degrees].
@@ -262,7 +264,7 @@ def random_rotation(key: Array, images: Array, max_degrees: float = 10.0,
 # Photometric transforms
 
 
-@functools.partial(jax.jit, static_argnames=('brightness', 'contrast', 'saturation'))
+@functools.partial(jax.jit, static_argnames=("brightness", "contrast", "saturation"))
 def color_jitter(key: Array, images: Array, brightness: float = 0.2, contrast: float = 0.2,
                  saturation: float = 0.0) -> Array:
     """Random brightness, contrast and (for RGB) saturation of each image, in that order.
@@ -301,7 +303,7 @@ def color_jitter(key: Array, images: Array, brightness: float = 0.2, contrast: f
     return out
 
 
-@functools.partial(jax.jit, static_argnames=('p', 'scale', 'ratio', 'value'))
+@functools.partial(jax.jit, static_argnames=("p", "scale", "ratio", "value"))
 def random_erasing(key: Array, images: Array, p: float = 0.25,
                    scale: tuple[float, float] = (0.02, 0.33),
                    ratio: tuple[float, float] = (0.3, 3.3),
@@ -370,7 +372,7 @@ def random_erasing(key: Array, images: Array, p: float = 0.25,
 # Label-mixing transforms
 
 
-@functools.partial(jax.jit, static_argnames=('alpha',))
+@functools.partial(jax.jit, static_argnames=("alpha",))
 def mixup(key: Array, images: Array, labels_onehot: Array,
           alpha: float = 0.2) -> tuple[Array, Array]:
     """mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization").
@@ -401,7 +403,7 @@ def mixup(key: Array, images: Array, labels_onehot: Array,
     return mixed_images, mixed_labels
 
 
-@functools.partial(jax.jit, static_argnames=('alpha',))
+@functools.partial(jax.jit, static_argnames=("alpha",))
 def cutmix(key: Array, images: Array, labels_onehot: Array,
            alpha: float = 1.0) -> tuple[Array, Array]:
     """CutMix (Yun et al. 2019, "CutMix: Regularization Strategy to Train Strong Classifiers").

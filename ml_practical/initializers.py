@@ -1,4 +1,4 @@
-"""Weight initializers (chapter section 12.1): zero, small random, Xavier, He, orthogonal, embedding.
+"""Weight initializers (chapter 12.1): zero, small random, Xavier, He, orthogonal, embedding.
 
 Every public factory returns a jax-style `init(key, shape, dtype=jnp.float32) -> Array`, so it drops
 into any flax layer: `nn.Dense(128, kernel_init=he_normal())`. Config files name initializers by
@@ -149,8 +149,8 @@ def _normal_jit(key: Array, scale: Array, *, shape: tuple[int, ...], dtype: Any,
 
 def _normal(key: Array, shape: Sequence[int], dtype: Any, std: float, truncated: bool) -> Array:
     shape, dtype = _canonical(shape, dtype)
-    # Truncated: same draw as jax's variance_scaling(distribution="truncated_normal"), cut at 2 sigma
-    # of the underlying normal and rescaled so the std of the result is `std`.
+    # Truncated: same draw as jax's variance_scaling(distribution="truncated_normal"), cut at
+    # 2 sigma of the underlying normal and rescaled so the std of the result is `std`.
     scale = std / TRUNCATED_NORMAL_STD if truncated else std
     return _normal_jit(key, jnp.asarray(scale, _work_dtype(dtype)), shape=shape, dtype=dtype,
                        truncated=bool(truncated))
@@ -293,7 +293,8 @@ def he_normal(mode: str = "fan_in", negative_slope: float = 0.0,
     _check_negative_slope(negative_slope)
 
     def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
-        return _normal(key, shape, dtype, math.sqrt(_he_var(shape, mode, negative_slope)), truncated)
+        std = math.sqrt(_he_var(shape, mode, negative_slope))
+        return _normal(key, shape, dtype, std, truncated)
     return init
 
 

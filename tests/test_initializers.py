@@ -1,5 +1,5 @@
-"""Tests for ml_practical.initializers: formulas against the chapter's hand values, sample statistics
-against the formulas, and samples against jax.nn.initializers where both draw the same thing."""
+"""Tests for ml_practical.initializers: formulas against the chapter's hand values, sample
+statistics against the formulas, and samples against jax.nn.initializers where both draw alike."""
 
 import math
 
@@ -88,19 +88,6 @@ def test_compute_fans(shape, fans):
 def test_compute_fans_rejects_scalar():
     with pytest.raises(ValueError, match="shape"):
         I.compute_fans(())
-
-
-def test_fans_agree_with_jax_on_1d_conv():
-    # variance_scaling(1, mode, "normal") draws normal * sqrt(1/fan): the ratio recovers jax's fan.
-    # (2-D conv fans are checked against jax in test_same_draw_as_jax.)
-    shape = (5, 16, 32)
-    key = _key(3)
-    z = np.asarray(I.normal(1.0)(key, shape))
-    fi, fo = I.compute_fans(shape)
-    for mode, fan in [("fan_in", fi), ("fan_out", fo)]:
-        jax_init = jax.jit(jax.nn.initializers.variance_scaling(1.0, mode, "normal"),
-                           static_argnums=1)
-        np.testing.assert_allclose(z / np.asarray(jax_init(key, shape)), math.sqrt(fan), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,43 +206,67 @@ def test_untruncated_default_has_tails_truncated_has_none(name, kwargs, std):
 # Agreement with jax.nn.initializers (same key -> same draw where both draw the same thing)
 
 
-@pytest.mark.parametrize("ours, theirs", [
-    (I.he_normal(truncated=True), jax.nn.initializers.he_normal()),
-    (I.xavier_normal(truncated=True), jax.nn.initializers.glorot_normal()),
-    (I.xavier_uniform(), jax.nn.initializers.glorot_uniform()),
-    (I.he_uniform(), jax.nn.initializers.he_uniform()),
-    (I.he_normal(), jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")),
-    (I.he_normal(mode="fan_out"), jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")),
-    (I.he_normal(mode="fan_avg"), jax.nn.initializers.variance_scaling(2.0, "fan_avg", "normal")),
-    (I.he_normal(negative_slope=0.2, truncated=True),
-     jax.nn.initializers.variance_scaling(2.0 / 1.04, "fan_in", "truncated_normal")),
+VS = jax.nn.initializers.variance_scaling
+SAME_DRAW = {  # case -> (ours, jax's), both drawn with the same key on CONV
+    "he_normal_trunc": (I.he_normal(truncated=True), jax.nn.initializers.he_normal()),
+    "glorot_normal": (I.xavier_normal(truncated=True), jax.nn.initializers.glorot_normal()),
+    "glorot_uniform": (I.xavier_uniform(), jax.nn.initializers.glorot_uniform()),
+    "he_uniform": (I.he_uniform(), jax.nn.initializers.he_uniform()),
+    "he_normal_is_vs_fan_in_normal": (I.he_normal(), VS(2.0, "fan_in", "normal")),
+    "fan_out": (I.he_normal(mode="fan_out"), VS(2.0, "fan_out", "normal")),
+    "fan_avg": (I.he_normal(mode="fan_avg"), VS(2.0, "fan_avg", "normal")),
+    "leaky_trunc": (I.he_normal(negative_slope=0.2, truncated=True),
+                    VS(2.0 / 1.04, "fan_in", "truncated_normal")),
     # jax's truncated_normal does not rescale, so its stddev must be pre-divided to match ours.
-    (I.normal(0.01, truncated=True),
-     jax.nn.initializers.truncated_normal(0.01 / I.TRUNCATED_NORMAL_STD)),
-    (I.normal(0.01), jax.nn.initializers.normal(0.01)),
-], ids=["he_normal_trunc", "glorot_normal", "glorot_uniform", "he_uniform", "vs_fan_in",
-        "vs_fan_out", "vs_fan_avg", "leaky_trunc", "truncated_normal", "normal"])
-def test_same_draw_as_jax(ours, theirs):
-    key = _key(9)
-    theirs = jax.jit(theirs, static_argnums=1)  # one compile instead of one per eager op
-    np.testing.assert_allclose(np.asarray(ours(key, CONV)), np.asarray(theirs(key, CONV)),
-                               rtol=1e-5, atol=1e-9)
+    "truncated_normal": (I.normal(0.01, truncated=True),
+                         jax.nn.initializers.truncated_normal(0.01 / I.TRUNCATED_NORMAL_STD)),
+}
+CONV1D = (5, 16, 32)  # fan_in 80, fan_out 160
 
 
-def test_truncated_he_std_equals_jax_he_normal_std_and_default_is_not_jax():
-    a = I.he_normal(truncated=True)(_key(10), DENSE)
-    b = jax.jit(jax.nn.initializers.he_normal(), static_argnums=1)(_key(11), DENSE)
-    assert _stats(a)[1] == pytest.approx(_stats(b)[1], rel=STD_RTOL)
+@pytest.fixture(scope="module")
+def jax_draws():
+    """All jax.nn.initializers references in one jitted program: one compile instead of a dozen."""
+    def draw_all(key):
+        out = {case: theirs(key, CONV) for case, (_, theirs) in SAME_DRAW.items()}
+        out["conv1d_fan_in"] = VS(1.0, "fan_in", "normal")(key, CONV1D)
+        out["conv1d_fan_out"] = VS(1.0, "fan_out", "normal")(key, CONV1D)
+        out["he_normal_dense"] = jax.nn.initializers.he_normal()(jax.random.fold_in(key, 1), DENSE)
+        return out
+    return jax.device_get(jax.jit(draw_all)(_key(9)))
+
+
+@pytest.mark.parametrize("case", list(SAME_DRAW))
+def test_same_draw_as_jax(case, jax_draws):
+    ours = SAME_DRAW[case][0](_key(9), CONV)
+    np.testing.assert_allclose(np.asarray(ours), jax_draws[case], rtol=1e-5, atol=1e-9)
+
+
+def test_fans_agree_with_jax_on_1d_conv(jax_draws):
+    # variance_scaling(1, mode, "normal") draws normal * sqrt(1/fan): the ratio recovers jax's fan.
+    # (2-D conv fans are checked by test_same_draw_as_jax on CONV.)
+    z = np.asarray(I.normal(1.0)(_key(9), CONV1D))
+    fan_in, fan_out = I.compute_fans(CONV1D)
+    assert (fan_in, fan_out) == (80, 160)
+    np.testing.assert_allclose(z / jax_draws["conv1d_fan_in"], math.sqrt(fan_in), rtol=1e-5)
+    np.testing.assert_allclose(z / jax_draws["conv1d_fan_out"], math.sqrt(fan_out), rtol=1e-5)
+
+
+def test_truncated_he_std_equals_jax_he_normal_std_and_default_is_not_jax(jax_draws):
+    theirs = jax_draws["he_normal_dense"]  # a different key from ours
+    ours = np.asarray(I.he_normal(truncated=True)(_key(10), DENSE))
+    assert np.std(ours) == pytest.approx(np.std(theirs), rel=STD_RTOL)
+    assert np.std(theirs) == pytest.approx(math.sqrt(2 / 1000), rel=STD_RTOL)
     # The default (untruncated) is a different distribution from jax's he_normal: it has tails.
-    c = I.he_normal()(_key(10), DENSE)
-    assert np.abs(np.asarray(c)).max() > 1.5 * np.abs(np.asarray(b)).max()
+    default = np.asarray(I.he_normal()(_key(10), DENSE))
+    assert np.abs(default).max() > 1.5 * np.abs(theirs).max()
 
 
 # ------------------------------------------------------------------------------------------------
 # Orthogonal
 
 
-@pytest.mark.parametrize("shape", [(256, 128), (128, 256), (64, 64), (3, 3, 16, 32), (2, 2, 4, 64)],
+@pytest.mark.parametrize("shape", [SMALL, (32, 64), (64, 64), CONV, (2, 2, 4, 64)],
                          ids=["tall", "wide", "square", "conv_tall", "conv_wide"])
 @pytest.mark.parametrize("gain", [1.0, 1.7])
 def test_orthogonal_is_orthogonal(shape, gain):
@@ -270,7 +281,7 @@ def test_orthogonal_is_orthogonal(shape, gain):
 def test_orthogonal_sign_correction_makes_r_diagonal_positive():
     # Saxe et al. / Mezzadri 2007: Q * sign(diag R) is Haar; equivalently Q^T A has a positive
     # diagonal for the normal matrix A it was built from (same key, same draw as inside).
-    shape = (256, 128)
+    shape = SMALL
     a = np.asarray(I.normal(1.0)(_key(13), shape), np.float64)  # jax.random.normal(key, shape)
     q = np.asarray(I.orthogonal()(_key(13), shape), np.float64)
     r = q.T @ a
@@ -313,12 +324,12 @@ def test_deterministic_for_same_key(name):
         assert not np.array_equal(np.asarray(a), np.asarray(init(_key(16), SMALL)))
 
 
-@pytest.mark.parametrize("name", ["he_normal", "xavier_uniform", "orthogonal"])
-def test_jittable(name):
-    init = I.get(name)
-    jitted = jax.jit(init, static_argnums=(1, 2))
-    np.testing.assert_allclose(np.asarray(jitted(_key(17), SMALL, jnp.float32)),
-                               np.asarray(init(_key(17), SMALL)), rtol=1e-5, atol=1e-7)
+def test_jittable_inside_a_larger_program():
+    names = ["he_normal", "xavier_uniform", "orthogonal"]
+    jitted = jax.jit(lambda key: [I.get(n)(key, SMALL) for n in names])
+    for name, w in zip(names, jitted(_key(17))):
+        np.testing.assert_allclose(np.asarray(w), np.asarray(I.get(name)(_key(17), SMALL)),
+                                   rtol=1e-5, atol=1e-7)
 
 
 def test_works_as_flax_kernel_init():
