@@ -5,8 +5,9 @@
     tx = optim.make_optimizer(cfg.optim)                # an optax GradientTransformation
 """
 
-from ml_practical import (augment, checkpointing, data, diagnostics, early_stopping,
-                          initializers, layers, losses, models, optim, plots, run_files, train)
+from ml_practical import (ablation, augment, checkpointing, clipping, data, diagnostics, early_stopping,
+                          initializers, layers, losses, models, optim, plots, propagation,
+                          run_files, sparsity, train, uncertainty)
 from ml_practical.checkpointing import RunCheckpointer
 from ml_practical.data import Dataset, load_dataset
 from ml_practical.diagnostics import diagnose

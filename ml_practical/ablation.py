@@ -41,6 +41,12 @@ Decisions:
   which is used instead when the two rows share fewer than two seeds. It is the spread of a
   one-seed difference (not the standard error of the mean difference, which is smaller by
   sqrt(n)). "Significant" is `diagnostics.is_significant`: |mean_a - mean_b| > std_a + std_b.
+- Agreement with the chapter (analysis.md): a row's mean agrees with the chapter's "~x.x%" within
+  AGREE_PP = 0.3 pp or 2 std over seeds, and a contribution with the chapter's step within
+  AGREE_DELTA_PP = 0.15 pp or 2 paired std. The chapter gives single runs rounded to 0.1 pp, so
+  these are reading rules; every disagreement is listed with the hypotheses that could explain it
+  (`_HYPOTHESES`: stated as possible reasons, not tested here).
+- The dataset is loaded once and shared; `check_shared_data` refuses a row that overrides `data.*`.
 
 Files written by `run_study` into its workdir:
   runs/<experiment>/seed_<s>/   one `train.fit` run each (config.json, metrics.jsonl, summary.json,
@@ -63,7 +69,6 @@ import math
 import os
 import pathlib
 import platform
-import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -78,8 +83,11 @@ from ml_practical import train as train_lib
 STUDY_FIELDS = ("seeds", "only")
 RUNS_DIR = "runs"
 # Our mean agrees with the chapter's "~x.x%" when within this many percentage points (its numbers
-# are rounded to 0.1 pp and come without seeds or spreads) or within 2 std over our seeds.
+# are rounded to 0.1 pp and come without seeds or spreads) or within 2 std over our seeds. A row's
+# contribution agrees when within AGREE_DELTA_PP of the chapter's step (a difference of two numbers
+# rounded to 0.1 pp) or within 2 std of the paired seed differences.
 AGREE_PP = 0.3
+AGREE_DELTA_PP = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,13 +286,14 @@ def check_shared_data(cfg: ml_collections.ConfigDict, names: Sequence[str],
         # Epochs values only touch optim.*; a placeholder resolution is enough to compare data.
         data = experiment_config(cfg, name, 0, steps_per_epoch=1, table=table).data.to_dict()
         if data != shared:
-            diff = run_files.config_diff(shared, data, ignore=())
+            diff = run_files.config_diff({"data": shared}, {"data": data}, ignore=())
             raise ValueError(f"experiment {name!r} changes the data section, but the study loads "
                              "the dataset once for all experiments:\n" + "\n".join(diff))
     return shared
 
 
 def run_dir(workdir: str | os.PathLike, name: str, seed: int) -> pathlib.Path:
+    """Where one run lives: <workdir>/runs/<experiment>/seed_<seed>."""
     return pathlib.Path(workdir) / RUNS_DIR / name / f"seed_{seed}"
 
 
@@ -493,7 +502,6 @@ def collect(cfg: ml_collections.ConfigDict, runs: Mapping[str, list[dict[str, An
             "complete": complete,
             "wall_time_s": wall_time_s,
             "command": command,
-            "argv": sys.argv,
         },
         "config": cfg,
         "versions": _versions(),
@@ -569,6 +577,7 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def format_contributions(results: Mapping[str, Any]) -> str:
+    """The contributions table: each row minus its parent, ± the paired std, significance."""
     lines = ["| # | change | vs | Δ accuracy (pp) | chapter Δ (pp) | Δ test loss | "
              "beyond seed spread? |", "|---|---|---|---|---|---|---|"]
     exps = results["experiments"]
@@ -661,8 +670,8 @@ _HYPOTHESES = {
     "he": {
         "weaker": [
             "Xavier and He differ by a constant factor per layer here (He/Xavier std = "
-            "sqrt((n_in+n_out)/n_in): {he_ratios}), {xavier_gain:.2f}× in activation scale after "
-            "{depth_hidden} ReLU layers. The chapter's variance argument compounds with depth; two "
+            "sqrt((n_in+n_out)/n_in): {he_ratios}), so after {depth_hidden} ReLU layers Xavier's "
+            "activations are {xavier_gain:.2f}× He's. The chapter's variance argument compounds with depth; two "
             "hidden layers trained by Adam barely feel it.",
         ],
         "stronger": ["He keeps the ReLU activations' variance at the input's, so the first "
@@ -694,8 +703,10 @@ _HYPOTHESES = {
             "gradients are barely decayed (Loshchilov & Hutter 2019; compare the adamw variant). "
             "With BatchNorm after each hidden Dense, those kernels are scale-invariant, so shrinking "
             "them changes the effective learning rate rather than the function.",
-            "Early stopping, dropout and BN already regularize; 1e-4 is small next to the data "
-            "gradient of a net that is not overfitting.",
+            "Early stopping, dropout and BN already regularize, and the penalty's gradient "
+            "1e-4·w is tiny (He-initialized first-layer weights have std {he_std:.2g}, so ~1e-4 × "
+            "{he_std:.2g}) next to the data gradient that Adam normalizes together with it, so the "
+            "trajectory barely changes.",
         ],
         "stronger": ["L2 keeps the BN-scale-invariant kernels small, which raises the effective "
                      "learning rate late in training."],
@@ -705,6 +716,10 @@ _HYPOTHESES = {
             "Label smoothing mainly changes confidence (calibration), not the argmax: on an easy "
             "task its accuracy effect is within the noise. It typically raises test NLL on "
             "correctly classified images (targets 0.9, not 1) while lowering it on mistakes.",
+            "Early stopping watches val loss (NLL), which with smoothing flattens near its floor "
+            "early: these runs stopped after {epochs_row:.1f} epochs on average vs "
+            "{epochs_parent:.1f} for the parent row, possibly before the accuracy peaked "
+            "(monitoring val/accuracy would test this).",
         ],
         "stronger": ["Smoothing stops logits from growing without bound, which also acts as a "
                      "regularizer on a net that overfits."],
@@ -736,8 +751,35 @@ def _hypothesis_numbers(results: Mapping[str, Any]) -> dict[str, Any]:
         "he_ratios": ", ".join(f"{a}->{b}: {r:.2f}" for a, b, r in
                                zip(fans[:-1], fans[1:], ratios)),
         "xavier_gain": float(np.prod([1 / r for r in ratios])),
+        "he_std": math.sqrt(2 / n_in),
         "num_classes": num_classes,
     }
+
+
+def _final_train_loss(e: Mapping[str, Any]) -> float:
+    return float(np.mean([r["curves"][-1]["train/loss"] for r in e["runs"] if r["curves"]]))
+
+
+def _augment_reasons(results: Mapping[str, Any]) -> list[str]:
+    """Measured reasons for row 8 missing its goal (the augmentation is 'shift_rotate')."""
+    exps, ds = results["experiments"], results["study"]["dataset"]
+    e = exps["augment"]
+    height = ds["image_shape"][0]
+    out = [f"Shifts of up to 2 px are {100 * 2 / height:.0f}% of the image's {height}-px width "
+           f"(7% of MNIST's 28 px), and a 10° rotation resampled on a {height}×{height} grid blurs "
+           "strokes: the transform's strength is fixed in pixels, not relative to the image."
+           if height < 28 else
+           "The augmentation's strength (2 px, 10°) is the usual MNIST choice; the 99% goal may "
+           "need a CNN rather than an MLP, which has no built-in translation invariance."]
+    budget = results["config"]["train"]["num_epochs"]
+    capped = sum(r["stop_reason"] == "max_epochs" for r in e["runs"])
+    line = (f"Augmented images are a harder task: the final train loss (on augmented batches) is "
+            f"{_final_train_loss(e):.3g}")
+    if e["parent"] in exps:
+        line += f" vs {_final_train_loss(exps[e['parent']]):.3g} for row {exps[e['parent']]['row']}"
+    line += (f"; {capped}/{len(e['runs'])} runs hit the {budget}-epoch cap, so the augmented "
+             "model is still learning and a longer budget may close the gap.")
+    return out + [line]
 
 
 def _sentence_verdicts(name: str, e: Mapping[str, Any]) -> list[str]:
@@ -814,10 +856,11 @@ def format_analysis(results: Mapping[str, Any]) -> str:
                        f"({loss_top['test_loss']['mean']:+.4f}).")
         total = sum(c["test_accuracy"]["mean"] for c in additions)
         out += ["", "Ranking of the additions (Δ accuracy, ± std of paired seed differences):", ""]
-        for c in ranked:
+        for i, c in enumerate(ranked, 1):
             a = c["test_accuracy"]
             share = f", {100 * a['mean'] / total:.0f}% of the summed gain" if total > 0 else ""
-            out.append(f"1. {c['change']}: {100 * a['mean']:+.2f} ± {100 * a['std']:.2f} pp{share}")
+            out.append(f"{i}. {c['change']}: {100 * a['mean']:+.2f} ± {100 * a['std']:.2f} pp{share}"
+                       + ("" if a["significant"] else " (within the seed spread)"))
         out.append("")
 
     # -- is each difference real? -------------------------------------------------------------------
@@ -835,6 +878,16 @@ def format_analysis(results: Mapping[str, Any]) -> str:
                        + ("**yes**" if a["significant"] else "no")
                        + f"; Δ test loss {c['test_loss']['mean']:+.4f} "
                        + ("(beyond spread)" if c["test_loss"]["significant"] else "(within spread)"))
+        smoothing = next((c for c in contribs if c["experiment"] == "label_smoothing"), None)
+        if smoothing is not None and smoothing["test_loss"]["mean"] > 0:
+            alpha = exps["label_smoothing"]["overrides"]["train.label_smoothing"]
+            k = ds["num_classes"]
+            target = 1 - alpha + alpha / k
+            out += ["", f"Label smoothing raising the test loss (NLL) is expected: it trains the "
+                    f"true class toward {target:.3g} (1 − α + α/K with α = {alpha:g}, K = {k}), "
+                    f"so a model that fits its targets pays −log {target:.3g} = "
+                    f"{-math.log(target):.3f} even on the images it classifies right; accuracy "
+                    "is the metric to compare it on."]
         out.append("")
 
     # -- bias-variance ------------------------------------------------------------------------------
@@ -868,7 +921,7 @@ def format_analysis(results: Mapping[str, Any]) -> str:
             continue
         a = c["test_accuracy"]
         ours, chap = 100 * a["mean"], 100 * c["chapter_expected"]
-        tol = max(AGREE_PP, 2 * 100 * a["std"])
+        tol = max(AGREE_DELTA_PP, 2 * 100 * a["std"])
         if abs(ours - chap) <= tol and (a["significant"] or abs(chap) < tol):
             agreed.append(f"{c['change']} Δ {ours:+.2f} ± {100 * a['std']:.2f} vs {chap:+.1f} pp"
                           + ("" if a["significant"] else " (our Δ is within the seed spread, so "
@@ -880,15 +933,19 @@ def format_analysis(results: Mapping[str, Any]) -> str:
         out.append(f"- {c['change']} (row {e['row']} vs {exps[c['parent']]['row']}): the chapter "
                    f"implies {chap:+.1f} pp, we measure {ours:+.2f} ± {100 * a['std']:.2f} pp"
                    + ("" if a["significant"] else " (within the seed spread)") + ". Possible reasons:")
+        numbers = {**hyp, "epochs_row": e["epochs_run"]["mean"],
+                   "epochs_parent": exps[c["parent"]]["epochs_run"]["mean"]}
         for h in _HYPOTHESES.get(c["experiment"], {}).get(direction, []):
-            out.append("  - " + h.format(**hyp))
+            out.append("  - " + h.format(**numbers))
     if flagged:
         out += ["", "In general:"] + ["- " + g.format(p=100 * p, n=ds["num_test"], binom=binom)
                                       for g in _GENERAL_REASONS]
     else:
-        out.append(f"None beyond the tolerance (±{AGREE_PP} pp or 2 std).")
+        out.append(f"None beyond the tolerance (accuracy ±{AGREE_PP} pp, step "
+                   f"±{AGREE_DELTA_PP} pp, or 2 std).")
     if agreed:
-        out += ["", f"Within the tolerance (±{AGREE_PP} pp or 2 std): " + "; ".join(agreed) + "."]
+        out += ["", f"Within the tolerance (accuracy ±{AGREE_PP} pp, step ±{AGREE_DELTA_PP} pp, "
+                "or 2 std): " + "; ".join(agreed) + "."]
     out.append("")
 
     # -- beyond the chapter -------------------------------------------------------------------------
@@ -901,6 +958,8 @@ def format_analysis(results: Mapping[str, Any]) -> str:
             met = acc["mean"] >= e["goal_accuracy"]
             out.append(f"- {e['row']} {name}: {_pm(acc)}% vs the goal ≥ "
                        f"{100 * e['goal_accuracy']:.1f}%: " + ("met." if met else "**not met**."))
+            if name == "augment" and not met:
+                out += ["  - " + r for r in _augment_reasons(results)]
         for c in variants:
             e, a = exps[c["experiment"]], c["test_accuracy"]
             out.append(f"- {e['row']} {c['change']} ({e['label']}): {100 * a['mean']:+.2f} ± "

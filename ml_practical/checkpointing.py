@@ -134,8 +134,8 @@ class RunCheckpointer:
             best_fn=rank, best_mode="max",  # needed for the metrics to be written at all
             preservation_policy=policy,
             cleanup_tmp_directories=True,
-            # Synchronous saves: when `save` returns, the step is on disk, so the metrics line
-            # written next never describes an epoch that a crash could still lose.
+            # Synchronous saves: when `save` returns, the step is on disk, so the trainer never
+            # starts the next epoch (or reports the end of the run) on a save that could be lost.
             enable_async_checkpointing=False,
         )
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
@@ -177,7 +177,13 @@ class RunCheckpointer:
             out = self._manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for a broken file.
-            raise _Damage(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            # orbax wraps tensorstore's error (e.g. 'OUT_OF_RANGE: Error reading
+            # "params.dense_0.kernel/0.0" ...') in a generic one that dumps the store's spec:
+            # report the innermost cause, which names the array and what is wrong with it.
+            while e.__cause__ is not None:
+                e = e.__cause__
+            first_line = (str(e).splitlines() or [""])[0][:300]
+            raise _Damage(f"unreadable ({type(e).__name__}: {first_line})")
         meta = out["meta"]
         if not isinstance(meta, dict) or "checksum" not in meta:
             raise _Damage("metadata missing or incomplete")

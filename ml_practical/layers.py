@@ -15,6 +15,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -27,7 +28,9 @@ Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 
-__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout"]
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "batch_norm_train"]
+
+BN_BACKWARDS = ("autodiff", "manual")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,6 +91,100 @@ def _moments(x: Array, axes: Sequence[int], *, keepdims: bool,
     return mean, var
 
 
+# ---------------------------------------------------------------------------------------------
+# BatchNorm's training-mode forward with the chapter's hand-written backward pass (coding C1)
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: Array, scale: Array | None, bias: Array | None, eps: float,
+                     axis_name: str | None = None) -> tuple[Array, Array, Array]:
+    """BatchNorm with batch statistics, differentiated by the chapter's equations, not autodiff.
+
+    Forward (Ioffe & Szegedy 2015, Algorithm 1; the chapter's section 13.3), statistics over every
+    axis but the last, m values per feature:
+
+      mu = (1/m) sum_i x_i,  var = (1/m) sum_i (x_i - mu)^2,  r = 1 / sqrt(var + eps),
+      xhat = (x - mu) r,     y = gamma xhat + beta.
+
+    Backward (Ioffe & Szegedy 2015, section 3; the chapter's `BatchNormLayer.backward`), given the
+    cotangent dy of y, in the compact form that folds the chapter's dvar and dmu steps together:
+
+      dgamma = sum_i dy_i xhat_i
+      dbeta  = sum_i dy_i
+      dx     = (1/m) gamma r (m dy - sum_i dy_i - xhat sum_i dy_i xhat_i)
+
+    (Substituting the chapter's dvar = sum(dxhat (x - mu)) (-1/2) r^3 and
+    dmu = -r sum(dxhat) + dvar mean(-2 (x - mu)) into dx = dxhat r + dvar 2 (x - mu)/m + dmu/m,
+    with dxhat = gamma dy, gives this line; the second term of dmu is zero because the deviations
+    sum to zero.) The function also returns mu and var (the running statistics are built from
+    them); their cotangents, zero in ordinary training, add dmu/m + dvar 2 (x - mu)/m to dx, so the
+    VJP is complete for any use. In code dx = a dy + b + c xhat with per-feature a, b, c: one pass
+    over the data after the two reductions.
+
+    With `axis_name` (a mapped axis of vmap / pmap / shard_map splitting the batch), the forward
+    averages mu and var across shards with `lax.pmean`, and the backward `lax.psum`s the four
+    per-feature reductions, so dx is the gradient with respect to the global batch statistics
+    (m counts the global batch); dgamma and dbeta stay per-shard, as autodiff gives them. Every
+    shard must have the same size. Only reverse mode is defined (jax.custom_vjp): `jax.jvp` /
+    `jax.jacfwd` through it raise.
+
+    Args:
+      x: input of shape (..., features), float32 or wider (the statistics are in x's dtype).
+      scale: gamma, shape (features,), or None for gamma = 1.
+      bias: beta, shape (features,), or None for beta = 0.
+      eps: added to the variance, > 0.
+      axis_name: optional mapped axis across which the batch is split.
+
+    Returns:
+      (y, mean, var): y like x; mean and the biased variance of shape (features,).
+    """
+    outputs, _ = _batch_norm_train_fwd(x, scale, bias, eps, axis_name)
+    return outputs
+
+
+def _batch_norm_train_fwd(x, scale, bias, eps, axis_name):
+    axes = tuple(range(x.ndim - 1))
+    mean, var = _moments(x, axes, keepdims=False, axis_name=axis_name)
+    inv_std = lax.rsqrt(var + eps)
+    xhat = (x - mean) * inv_std
+    y = xhat
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return (y, mean, var), (xhat, inv_std, scale, bias)
+
+
+def _batch_norm_train_bwd(eps, axis_name, residuals, cotangents):
+    del eps
+    xhat, inv_std, scale, bias = residuals
+    dy, dmean, dvar = cotangents
+    axes = tuple(range(xhat.ndim - 1))
+    m_local = math.prod(xhat.shape[:-1])
+    sum_dy = jnp.sum(dy, axis=axes)
+    sum_dy_xhat = jnp.sum(dy * xhat, axis=axes)
+    # dgamma, dbeta: this shard's contribution, like autodiff (the caller reduces param grads).
+    dscale = None if scale is None else sum_dy_xhat.astype(scale.dtype)
+    dbias = None if bias is None else sum_dy.astype(bias.dtype)
+    m = m_local
+    if axis_name is not None:
+        # dx depends on every shard through mu and var: sum the reductions over the global batch,
+        # once, stacked.
+        sums = lax.psum(jnp.stack([sum_dy, sum_dy_xhat, dmean, dvar]), axis_name)
+        sum_dy, sum_dy_xhat, dmean, dvar = sums[0], sums[1], sums[2], sums[3]
+        m = m_local * lax.axis_size(axis_name)
+    gamma = 1.0 if scale is None else scale
+    a = gamma * inv_std
+    b = (dmean - a * sum_dy) / m
+    c = (2.0 * dvar / inv_std - a * sum_dy_xhat) / m
+    dx = a * dy + b + c * xhat
+    return dx.astype(xhat.dtype), dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 def _check_epsilon(owner: str, epsilon: float) -> None:
     if not epsilon > 0:
         raise ValueError(f"{owner}.epsilon: {epsilon!r} is not allowed; expected a number > 0")
@@ -138,7 +235,11 @@ class BatchNorm(nn.Module):
 
     The running statistics start at mean 0, var 1 and are not updated while the model is being
     initialized (`model.init`), as in flax.linen.BatchNorm. Gradients flow through mu_B and var_B
-    (the full BatchNorm backward pass of Section 13.3) by autodiff.
+    (the full BatchNorm backward pass of Section 13.3): by autodiff with backward="autodiff", or by
+    the chapter's hand-written equations with backward="manual" (coding question C1; see
+    `batch_norm_train`). The two give the same gradients to float32 rounding; the forward pass and
+    the running statistics are the same either way, and evaluation (train=False, running
+    statistics) is not affected by the choice.
 
     Variables: params "scale" (gamma) and "bias" (beta), shape (features,); collection
     "batch_stats" with "mean" and "var" - the same names as flax.linen.BatchNorm, so apply with
@@ -153,6 +254,8 @@ class BatchNorm(nn.Module):
         the mean and variance are then averaged across it with `lax.pmean` (two passes), so they
         are the statistics of the global batch. Assumes every shard has the same size.
       torch_compat: store the unbiased batch variance in the running variance (torch's rule).
+      backward: "autodiff" (jax differentiates the forward pass) or "manual" (the chapter's
+        backward equations as a `jax.custom_vjp`; reverse mode only).
       scale_init, bias_init: initializers of gamma and beta.
       dtype: dtype of the output (default: promotion of the input and the params).
       param_dtype: dtype of gamma and beta.
@@ -168,12 +271,16 @@ class BatchNorm(nn.Module):
     bias_init: Initializer = nn.initializers.zeros
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    backward: str = "autodiff"
 
     def __post_init__(self):
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"BatchNorm.momentum: {self.momentum!r} is outside [0, 1]; it is the "
                              "weight on the old running statistics (torch's 0.1 is our 0.9)")
         _check_epsilon("BatchNorm", self.epsilon)
+        if self.backward not in BN_BACKWARDS:
+            raise ValueError(f"BatchNorm.backward: unknown {self.backward!r}; expected one of "
+                             f"{list(BN_BACKWARDS)}")
         super().__post_init__()
 
     @nn.compact
@@ -192,11 +299,18 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
 
+        scale, bias = _scale_and_bias(self, features)
+        out_dtype = _output_dtype(self.dtype, x, scale, bias)
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        y = None
         if train:
             # During init the mapped axis may not exist yet, and the stats must stay at 0 / 1.
             initializing = self.is_initializing()
             axis_name = None if initializing else self.axis_name
-            mean, var = _moments(x, reduction_axes, keepdims=False, axis_name=axis_name)
+            if self.backward == "manual":
+                y, mean, var = batch_norm_train(x32, scale, bias, self.epsilon, axis_name)
+            else:
+                mean, var = _moments(x, reduction_axes, keepdims=False, axis_name=axis_name)
             if not initializing:
                 stored_var = var
                 if self.torch_compat:
@@ -213,10 +327,9 @@ class BatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
 
-        scale, bias = _scale_and_bias(self, features)
-        out_dtype = _output_dtype(self.dtype, x, scale, bias)
-        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+        if y is None:
+            y = _normalize(x32, mean, var, scale, bias, self.epsilon)
+        return y.astype(out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,11 +140,21 @@ class RunFiles:
         return records
 
     def truncate_metrics(self, after_epoch: int) -> None:
-        """Keeps only epochs <= `after_epoch` (those of the checkpoint being resumed)."""
+        """Keeps only epochs <= `after_epoch` (those of the checkpoint being resumed).
+
+        The kept epochs are also logged to TensorBoard again, in a new event file whose purge step
+        hides every older event: tensorboardX writes from a background queue that its `flush`
+        does not drain, so a killed run can lose its last epochs there while metrics.jsonl, the
+        record of truth, has them.
+        """
         kept = [r for r in self.read_metrics() if r["epoch"] <= after_epoch]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         if kept or self.metrics_path.exists():
             atomic_write_text(self.metrics_path, text)
+        if kept:
+            self.close()
+            for record in kept:
+                self._log_tensorboard(record, purge_step=int(kept[0]["epoch"]))
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
@@ -165,13 +175,14 @@ class RunFiles:
                           json.dumps(to_jsonable(summary), indent=2, sort_keys=True) + "\n")
 
     # TensorBoard ---------------------------------------------------------------------------------
-    def _log_tensorboard(self, record: Mapping[str, Any]) -> None:
+    def _log_tensorboard(self, record: Mapping[str, Any], purge_step: int | None = None) -> None:
         if not self._tensorboard:
             return
         if self._tb is None:
             from tensorboardX import SummaryWriter
             # purge_step drops events a killed run wrote past the epoch we resumed from.
-            self._tb = SummaryWriter(str(self.tb_dir), purge_step=int(record["epoch"]))
+            purge = int(record["epoch"]) if purge_step is None else purge_step
+            self._tb = SummaryWriter(str(self.tb_dir), purge_step=purge)
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, int(record["epoch"]))

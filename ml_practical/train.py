@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ml_practical import augment as augment_lib
 from ml_practical import data as data_lib
+from ml_practical import diagnostics
 from ml_practical import losses, models, optim
 from ml_practical import run_files
 
@@ -362,6 +363,9 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     progress = run_files.Progress(cfg.train.num_epochs, initial=start_epoch - 1,
                                   mode=cfg.train.get("progress", "auto"))
     interrupted = _InterruptFlag()
+    # Per-layer activation / gradient statistics every cfg.train.stats_every epochs (0 = off).
+    log_stats = diagnostics.make_stats_logger(exp.model, *exp.train_arrays,
+                                              every=cfg.train.get("stats_every", 0))
     epoch = start_epoch - 1
     with interrupted:
         for epoch in range(start_epoch, cfg.train.num_epochs + 1):
@@ -375,14 +379,18 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             longest, consecutive = trailing_run(step_metrics["skipped"], consecutive)
             for name, value in exp.evaluate(state.params, state.batch_stats, exp.val_split).items():
                 record[f"val/{name}"] = value
+            record.update(log_stats(epoch, state.params, state.batch_stats))
             record["lr"] = lr
             record["epoch_time_s"] = time.time() - t0
             record["wall_time_s"] = time.time() - wall_start
             es_state, _ = stopper.update(es_state, epoch, record)
             if longest >= cfg.train.max_consecutive_skips:
                 es_state = stopper.stop(es_state, epoch, "non_finite")
-            ckpt.save(epoch, state, es_state.to_dict(), record, consecutive)
+            # Metrics line first, then the checkpoint: a crash between the two leaves a line for
+            # an epoch that has no checkpoint, which the resume drops (`truncate_metrics`) and
+            # writes again. The other order would lose the line of a saved epoch for good.
             files.append_metrics(record)
+            ckpt.save(epoch, state, es_state.to_dict(), record, consecutive)
             progress.update(record)
             stop_reason = es_state.stop_reason if es_state.stopped else None
             if interrupted.fired:

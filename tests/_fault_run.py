@@ -12,10 +12,11 @@ checkpoint's state to WORKDIR/latest.npz. Rerunning the same command resumes.
 config's train.num_devices asks for) and writes its state to OUT.npz.
 
 Fault injection, for the tests only: FAULT_KILL="<point>:<n>" makes the process SIGKILL itself
-  epoch:n       in the middle of epoch n (the jitted epoch dispatched, its result not yet read);
-  save:n        during the save of epoch n (its files written to orbax's temporary directory,
-                before orbax renames it into place);
-  after_save:n  right after the checkpoint of epoch n is on disk, before its metrics line.
+  epoch:n        in the middle of epoch n (the jitted epoch dispatched, its result not yet read);
+  before_save:n  when the save of epoch n starts (its metrics line already written);
+  save:n         during the save of epoch n (its files written to orbax's temporary directory,
+                 before orbax renames it into place);
+  after_save:n   right after the checkpoint of epoch n is on disk.
 The patches live here, never in the library.
 """
 
@@ -101,13 +102,15 @@ def install_fault(spec: str) -> None:
                 return out
             return killing_epoch
         train_lib.make_train_epoch = make_killing
-    elif point in ("save", "after_save"):
+    elif point in ("before_save", "save", "after_save"):
         save = checkpointing.RunCheckpointer.save
         finalize = ocp.CompositeCheckpointHandler.finalize
         current = [None]
 
         def killing_save(self, epoch, *args, **kwargs):
             current[0] = epoch
+            if point == "before_save" and epoch == n:
+                _die()
             save(self, epoch, *args, **kwargs)
             if point == "after_save" and epoch == n:
                 _die()
@@ -120,7 +123,8 @@ def install_fault(spec: str) -> None:
         checkpointing.RunCheckpointer.save = killing_save
         ocp.CompositeCheckpointHandler.finalize = killing_finalize
     else:
-        raise ValueError(f"FAULT_KILL: unknown point {point!r}; expected epoch, save or after_save")
+        raise ValueError(f"FAULT_KILL: unknown point {point!r}; expected one of "
+                         "['after_save', 'before_save', 'epoch', 'save']")
 
 
 def main(argv: list[str]) -> None:

@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   cfg.train.num_devices = 0        # 0 = every local device
   cfg.train.progress = "auto"      # "auto" (bar when stderr is a terminal) | "always" | "never"
   cfg.train.restart = False        # True: delete the workdir's run and start over
+  cfg.train.stats_every = 0        # K > 0: per-layer activation/gradient stats every K epochs
+                                   # into metrics.jsonl ("stats/dense_0/act_var", ...)
 
   cfg.early_stopping = ml_collections.ConfigDict()
   cfg.early_stopping.monitor = "val/loss"
