@@ -77,8 +77,7 @@ def run_one(study, init, seed, dataset, lsuv_x, measure_x, log):
   history, step_losses = [], []
   for epoch in range(1, cfg.train.num_epochs + 1):
     t_epoch = time.time()
-    state, step_metrics = exp.train_epoch(state, *exp.train_arrays, exp.batch_indices(epoch))
-    step_metrics = jax.device_get(step_metrics)
+    state, step_metrics = exp.run_epoch(state, epoch)
     record = {"epoch": epoch, **train.summarize_epoch(step_metrics)}
     for name, value in exp.evaluate(state.params, state.batch_stats, exp.val_split).items():
       record[f"val/{name}"] = value

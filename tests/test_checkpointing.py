@@ -661,3 +661,41 @@ def test_restore_on_a_different_number_of_devices(tmp_path, write_devices, read_
     assert int(restored.pop("__epoch__")) == 2
     assert restored.pop("__devices__").tolist() == [read_devices]
     _assert_bit_equal(restored, _load_npz(workdir / "latest.npz"), "state across device counts")
+
+
+def test_run_epoch_replays_only_epochs_with_a_nonfinite_step(tiny_dataset):
+    """`run_epoch` = the guarded epoch when a step is non-finite, the unguarded one otherwise."""
+    from tests.conftest import tiny_config
+    cfg = tiny_config()
+    train_x = np.array(tiny_dataset.train_x)
+    train_x[7] = np.nan
+    dataset = dataclasses.replace(tiny_dataset, train_x=train_x)
+    exp = train.build_experiment(cfg, dataset=dataset)
+    calls = []
+
+    def counting(fn):
+        def wrapped(*a):
+            calls.append(fn)
+            return fn(*a)
+        return wrapped
+    fast, guarded = counting(exp.train_epoch), counting(exp.train_epoch_guarded)
+    state0 = exp.init_state()
+    fresh = exp.init_state  # deterministic; the guarded epoch donates its input
+    idx = np.asarray(exp.batch_indices(1))
+    bad_step = int(np.nonzero((idx == 7).any(axis=1))[0][0])
+
+    # An epoch that draws row 7: replayed with the guard, result identical to the guarded epoch.
+    state, m = train.run_epoch(fast, guarded, state0, *exp.train_arrays, jnp.asarray(idx))
+    assert len(calls) == 2 and calls[1] is exp.train_epoch_guarded
+    ref_state, ref_m = exp.train_epoch_guarded(fresh(), *exp.train_arrays, jnp.asarray(idx))
+    assert _tree_equal(state, ref_state)
+    assert np.flatnonzero(m["skipped"]).tolist() == [bad_step]
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+    # An epoch without row 7: one unguarded pass, equal to the unguarded epoch.
+    calls.clear()
+    clean_idx = jnp.asarray(idx[np.arange(len(idx)) != bad_step])
+    state, m = train.run_epoch(fast, guarded, fresh(), *exp.train_arrays, clean_idx)
+    assert calls == [exp.train_epoch]
+    ref_state, _ = exp.train_epoch(fresh(), *exp.train_arrays, clean_idx)
+    assert _tree_equal(state, ref_state) and m["skipped"].sum() == 0
