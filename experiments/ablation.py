@@ -4,6 +4,10 @@ Examples:
   --config.only=he,he_bn                 two rows (finished runs in the workdir are reused)
   --config.only=label_smoothing,adamw    a variant with the row it is compared with
   --config.seeds=5                       seeds 0..4
+  --config.seed_mode=vmap                a row's seeds as one vmapped program (default "auto":
+                                         vmap on GPU/TPU, sequential on CPU); same results per
+                                         seed to float32 rounding, but no checkpoints: an
+                                         interrupted row restarts (ml_practical/multiseed.py)
 Rerunning the same command skips finished runs and resumes an interrupted one. Writes results.json,
 results.md, curves.png, contributions.png and analysis.md into the workdir (see
 ml_practical/ablation.py) and prints the results table.

@@ -5,9 +5,10 @@
     tx = optim.make_optimizer(cfg.optim)                # an optax GradientTransformation
 """
 
-from ml_practical import (ablation, augment, checkpointing, clipping, data, diagnostics, early_stopping,
-                          initializers, layers, losses, models, optim, plots, propagation,
-                          run_files, sparsity, train, uncertainty)
+from ml_practical import (ablation, augment, checkpointing, clipping, data, diagnostics,
+                          distributed, early_stopping, initializers, input_pipeline, layers, losses,
+                          models, multiseed, optim, plots, propagation, run_files, sparsity, train,
+                          uncertainty)
 from ml_practical.checkpointing import RunCheckpointer
 from ml_practical.data import Dataset, load_dataset
 from ml_practical.diagnostics import diagnose

@@ -47,11 +47,20 @@ Decisions:
   these are reading rules; every disagreement is listed with the hypotheses that could explain it
   (`_HYPOTHESES`: stated as possible reasons, not tested here).
 - The dataset is loaded once and shared; `check_shared_data` refuses a row that overrides `data.*`.
+- Seeds of one row run one after the other (`cfg.seed_mode = "sequential"`, one `train.fit` each)
+  or together as one vmapped program (`"vmap"`, `multiseed.fit_seeds`); `"auto"` (the default) is
+  vmap on GPU/TPU and sequential on CPU, where vmapping measured no faster (benchmarks/seeds.py).
+  Either way seed s gets the init key, dropout keys and batch order of `cfg.seed = s`, writes the
+  same run files and gives the same results row (to float32 rounding), and `seed_mode` is not part
+  of a run's config, so finished runs are reused across modes. The vmapped group trains every seed
+  until the last one stops (stopped seeds' extra epochs are discarded), keeps no checkpoints (an
+  interrupted group restarts from epoch 1; a seed with checkpoints of a sequential run resumes with
+  `train.fit` instead) and reports each seed's share of the group's time.
 
 Files written by `run_study` into its workdir:
   runs/<experiment>/seed_<s>/   one `train.fit` run each (config.json, metrics.jsonl, summary.json,
-                                checkpoints); a finished run whose config matches is not re-run,
-                                an interrupted one resumes
+                                checkpoints; no checkpoints when vmapped); a finished run whose
+                                config matches is not re-run, an interrupted one resumes
   results.json    per experiment and seed: test accuracy / loss, best epoch, epochs run, stop
                   reason, wall time, verdict, per-epoch curves; aggregates; contributions; the
                   study config and library versions. Accuracies are fractions, not percent.
@@ -76,11 +85,11 @@ import ml_collections
 import numpy as np
 
 from ml_practical import data as data_lib
-from ml_practical import diagnostics, plots, run_files
+from ml_practical import diagnostics, multiseed, plots, run_files
 from ml_practical import train as train_lib
 
 # Study-level fields of the study config; every other field is the base training config.
-STUDY_FIELDS = ("seeds", "only")
+STUDY_FIELDS = ("seeds", "only", "seed_mode")
 RUNS_DIR = "runs"
 # Our mean agrees with the chapter's "~x.x%" when within this many percentage points (its numbers
 # are rounded to 0.1 pp and come without seeds or spreads) or within 2 std over our seeds. A row's
@@ -293,8 +302,8 @@ def check_shared_data(cfg: ml_collections.ConfigDict, names: Sequence[str],
 
 
 def run_dir(workdir: str | os.PathLike, name: str, seed: int) -> pathlib.Path:
-    """Where one run lives: <workdir>/runs/<experiment>/seed_<seed>."""
-    return pathlib.Path(workdir) / RUNS_DIR / name / f"seed_{seed}"
+    """Where one run lives: <workdir>/runs/<experiment>/seed_<seed> (`multiseed.seed_dir`)."""
+    return multiseed.seed_dir(pathlib.Path(workdir) / RUNS_DIR / name, seed)
 
 
 def finished_summary(path: pathlib.Path, run_cfg: ml_collections.ConfigDict) -> dict | None:
@@ -323,11 +332,13 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike,
     The dataset is loaded once (from the base config's data section, which `check_shared_data`
     verifies no row changes) and passed to every fit. A run whose summary.json exists with the same
     config is read back instead of re-run; an interrupted one resumes from its checkpoints. If a fit
-    is interrupted (Ctrl-C / SIGTERM), the study stops there and reports the finished runs.
+    is interrupted (Ctrl-C / SIGTERM), the study stops there and reports the finished runs. With
+    `cfg.seed_mode` resolving to "vmap", a row's unfinished seeds are trained together by
+    `multiseed.fit_seeds` (see the module docstring); a Ctrl-C during such a group aborts the study.
 
     Args:
-      cfg: the study config (experiments/configs/ablation.py): `seeds`, `only`, and the base
-        training config sections.
+      cfg: the study config (experiments/configs/ablation.py): `seeds`, `only`, `seed_mode`
+        ("sequential" | "vmap" | "auto"), and the base training config sections.
       workdir: the study directory (see the module docstring for its files).
       dataset: a Dataset to use instead of loading `cfg.data` (tests; your own arrays). Its
         description is recorded, but only the config decides whether a finished run is reused.
@@ -342,6 +353,7 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike,
     workdir = pathlib.Path(workdir)
     names = select_experiments(cfg.only)
     seeds = seed_list(cfg)
+    seed_mode = multiseed.resolve_seed_mode(cfg.get("seed_mode", "auto"))
     check_shared_data(cfg, names)
     if dataset is None:
         dataset = data_lib.load_dataset(base_config(cfg).data)
@@ -351,22 +363,37 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike,
     interrupted = False
     total, i = len(names) * len(seeds), 0
     for name in names:
+        run_cfgs = {seed: experiment_config(cfg, name, seed, steps_per_epoch=steps_per_epoch)
+                    for seed in seeds}
+        summaries = {seed: finished_summary(run_dir(workdir, name, seed), run_cfgs[seed])
+                     for seed in seeds}
+        status = {seed: "done earlier" for seed in seeds}
+        # The vmapped group: the unfinished seeds without checkpoints (a resumable sequential run
+        # goes on with train.fit below, so its checkpoints are neither orphaned nor redone).
+        group = ([seed for seed in seeds if summaries[seed] is None
+                  and not _has_checkpoints(run_dir(workdir, name, seed))]
+                 if seed_mode == "vmap" else [])
+        if group:
+            multiseed.fit_seeds(run_cfgs[group[0]], group, run_dir(workdir, name, group[0]).parent,
+                                dataset=dataset)
+            for seed in group:
+                summaries[seed] = json.loads(
+                    (run_dir(workdir, name, seed) / "summary.json").read_text())
+                status[seed] = f"trained, {len(group)} seeds vmapped"
         for seed in seeds:
             i += 1
-            run_cfg = experiment_config(cfg, name, seed, steps_per_epoch=steps_per_epoch)
             path = run_dir(workdir, name, seed)
-            summary = finished_summary(path, run_cfg)
-            status = "done earlier"
+            summary = summaries[seed]
             if summary is None:
-                result = train_lib.fit(run_cfg, path, dataset=dataset)
+                result = train_lib.fit(run_cfgs[seed], path, dataset=dataset)
                 result.pop("final_state", None)
                 summary = json.loads((path / "summary.json").read_text())
-                status = "trained"
+                status[seed] = "trained"
             history = run_files.RunFiles(path, tensorboard=False).read_metrics()
             say(f"[{i}/{total}] {name} seed {seed}: test acc {summary['test/accuracy']:.4f} "
                 f"loss {summary['test/loss']:.4f}, {summary['epochs_run']} epochs "
                 f"({summary['stop_reason']}, best {summary['best_epoch']}), "
-                f"{summary['wall_time_s']:.0f} s [{status}]")
+                f"{summary['wall_time_s']:.0f} s [{status[seed]}]")
             if summary["stop_reason"] == "interrupted":
                 interrupted = True
                 break
@@ -377,9 +404,14 @@ def run_study(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
     results = collect(cfg, runs, dataset_info=dataset.info(),
                       wall_time_s=time.time() - t_study, command=command, complete=not interrupted,
-                      steps_per_epoch=steps_per_epoch)
+                      steps_per_epoch=steps_per_epoch, seed_mode=seed_mode)
     write_reports(results, workdir)
     return results
+
+
+def _has_checkpoints(path: pathlib.Path) -> bool:
+    ckpt = run_files.RunFiles(path, tensorboard=False).checkpoint_dir
+    return ckpt.exists() and any(ckpt.iterdir())
 
 
 def _run_record(seed: int, summary: Mapping[str, Any], history: list[dict[str, Any]],
@@ -443,6 +475,7 @@ def contribution(child: Mapping[str, Any], parent: Mapping[str, Any],
 def collect(cfg: ml_collections.ConfigDict, runs: Mapping[str, list[dict[str, Any]]], *,
             dataset_info: Mapping[str, Any], wall_time_s: float, command: str | None = None,
             complete: bool = True, steps_per_epoch: int | None = None,
+            seed_mode: str | None = None,
             table: Mapping[str, Row] = EXPERIMENTS) -> dict[str, Any]:
     """Builds the results dict (results.json) from per-run records; experiments without runs drop out.
 
@@ -451,6 +484,7 @@ def collect(cfg: ml_collections.ConfigDict, runs: Mapping[str, list[dict[str, An
       runs: {experiment: [run record per finished seed]} (see `_run_record`).
       dataset_info: `Dataset.info()`.
       wall_time_s: this invocation's wall time.
+      seed_mode: how this invocation ran the seeds ("sequential" | "vmap"; "auto" resolved).
 
     Returns:
       {"study": ..., "config": ..., "versions": ..., "experiments": {name: ...},
@@ -502,6 +536,7 @@ def collect(cfg: ml_collections.ConfigDict, runs: Mapping[str, list[dict[str, An
             "complete": complete,
             "wall_time_s": wall_time_s,
             "command": command,
+            "seed_mode": seed_mode,
         },
         "config": cfg,
         "versions": _versions(),

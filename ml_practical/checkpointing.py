@@ -28,6 +28,13 @@ fails (unreadable, truncated, missing files, missing metadata, checksum mismatch
 a warning naming the step and the damage, moved aside to `damaged/<step>-<reason>` (kept for a
 post-mortem, out of orbax's sight), and the previous step is tried. Temporary directories left by a
 killed save are removed when the manager opens (`cleanup_tmp_directories=True`).
+
+Several processes: every process calls `save` and `restore` (orbax writes each array's shards from
+the processes that hold them and synchronises them; the checkpoint directory must be on a
+filesystem they all see). `meta`, checksum included, is written once, by process 0 (orbax's
+`JsonSave` writes on the primary host only), and read by all. Every process verifies what it
+restored, and a step counts as damaged if it is damaged for any of them, so all fall back to the
+same step; process 0 alone moves it aside while the others wait.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ml_practical import distributed
 from ml_practical import early_stopping as es_lib
 from ml_practical import run_files
 
@@ -73,10 +81,21 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def _host_value(leaf: Any) -> Any:
+    """The whole value of a leaf on this host, also for an array split over several processes."""
+    if isinstance(leaf, jax.Array) and not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+        from jax.experimental import multihost_utils
+        return multihost_utils.process_allgather(leaf, tiled=True)
+    return jax.device_get(leaf)
+
+
 def state_checksum(tree: Any) -> str:
-    """SHA-256 over every leaf's dtype, shape and bytes, in tree order (host-side)."""
+    """SHA-256 over every leaf's dtype, shape and bytes, in tree order (host-side).
+
+    Every process computes the same value (the whole of each array, gathered if need be).
+    """
     h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.tree.map(_host_value, tree))[0]:
         arr = np.asarray(leaf)
         if jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key):
             arr = np.asarray(jax.random.key_data(leaf))
@@ -196,9 +215,13 @@ class RunCheckpointer:
     def _restore_first_good(self, candidates: list[int], like: Any) -> Restored | None:
         for epoch in candidates:
             try:
-                return self.restore(epoch, like)
-            except _Damage as damage:
-                self._quarantine(epoch, str(damage))
+                restored, damage = self.restore(epoch, like), None
+            except _Damage as e:
+                restored, damage = None, str(e)
+            # All processes must agree, or they would go on from different steps.
+            if distributed.all_agree(damage is None):
+                return restored
+            self._quarantine(epoch, damage or "damaged as seen from another process")
         return None
 
     def restore_latest(self, like: Any) -> Restored | None:
@@ -220,13 +243,15 @@ class RunCheckpointer:
         warnings.warn(f"checkpoint step {epoch} in {self.directory} is damaged: {reason}; "
                       f"falling back to the previous good step", CheckpointDamageWarning,
                       stacklevel=3)
-        damaged = self.directory.parent / "damaged"
-        damaged.mkdir(exist_ok=True)
-        slug = "".join(c if c.isalnum() else "-" for c in reason.split(":")[0])[:40]
-        target = damaged / f"{epoch}-{slug}-{int(time.time())}"
-        src = self.directory / str(epoch)
-        if src.exists():
-            shutil.move(str(src), str(target))
+        if distributed.is_primary():
+            damaged = self.directory.parent / "damaged"
+            damaged.mkdir(exist_ok=True)
+            slug = "".join(c if c.isalnum() else "-" for c in reason.split(":")[0])[:40]
+            target = damaged / f"{epoch}-{slug}-{int(time.time())}"
+            src = self.directory / str(epoch)
+            if src.exists():
+                shutil.move(str(src), str(target))
+        distributed.sync(f"checkpointing:quarantined:{epoch}")
         # Re-read the directory so orbax forgets the step.
         self._manager.close()
         self._manager = self._open()

@@ -49,6 +49,10 @@ DATA_DEFAULTS: dict[str, Any] = {
     "num_classes": 0,        # 0 = from the source (tfds metadata, digits: 10, idx: max label + 1)
 }
 
+# cfg.data fields about where the training set lives, read by `input_pipeline` (which holds their
+# defaults and checks them); `load_dataset` accepts and ignores them.
+PLACEMENT_FIELDS = ("placement", "device_budget_mb", "chunk_steps")
+
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); multi-byte types are
 # big-endian.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -372,7 +376,7 @@ def _data_fields(cfg_data: Any) -> dict[str, Any]:
         raw = dict(cfg_data)
     else:
         raise TypeError(f"data config: expected a ConfigDict or mapping, got {type(cfg_data)}")
-    known = {"source", *DATA_DEFAULTS}
+    known = {"source", *DATA_DEFAULTS, *PLACEMENT_FIELDS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"data: unknown field(s) {unknown}; expected among {sorted(known)}")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 from jax import lax
 
@@ -505,6 +506,41 @@ class InstanceNorm(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _threefry16_keep_mask(key: Array, shape: tuple[int, ...], threshold: int) -> Array:
+    """Keep mask from Threefry-2x32 with four 16-bit uniforms per hash evaluation.
+
+    Each evaluation of the Threefry-2x32 block cipher (Salmon et al. 2011) on a counter gives 64
+    random bits; they are cut into four 16-bit integers u, and a unit is kept iff u < threshold,
+    so P(keep) = threshold / 2^16. `jax.random.bernoulli` instead spends one evaluation per unit
+    and keeps 32 of its 64 bits (jax's partitionable layout XORs the two words), i.e. 4x the
+    hashing. The counter is each unit's (row, word) position, elementwise like jax's own layout,
+    so a batch sharded over devices draws its mask shard-locally.
+
+    Args:
+      key: a PRNG key (any impl; two 32-bit words of cipher key are drawn from it).
+      shape: mask shape (..., features).
+      threshold: integer in [1, 2^16]; units are kept with probability threshold / 2^16.
+
+    Returns:
+      A boolean array of `shape`.
+    """
+    features = shape[-1] if shape else 1
+    rows = math.prod(shape) // features if features else 0
+    words = -(-features // 4)  # hash evaluations per row; the last may be partly unused
+    if rows * words >= 2**32:
+        raise ValueError(f"Dropout.sampler: 'threefry16' counts units in 32 bits; shape {shape} "
+                         "is too large, use sampler='bernoulli'")
+    k1, k2 = jax.random.bits(key, (2,), jnp.uint32)
+    counts = lax.iota(jnp.uint32, rows * words).reshape(rows, words)
+    hi, lo = jax.extend.random.threefry2x32_p.bind(k1, k2, jnp.zeros_like(counts), counts)
+    fields = jnp.stack([hi & 0xFFFF, hi >> 16, lo & 0xFFFF, lo >> 16], axis=-1)
+    u = fields.reshape(rows, words * 4)[:, :features]
+    return (u < jnp.uint32(threshold)).reshape(shape)
+
+
+DROPOUT_SAMPLERS = ("bernoulli", "threefry16")
+
+
 class Dropout(nn.Module):
     """Inverted dropout (Srivastava et al., 2014), the chapter's Sections 12.3 and 13.2.
 
@@ -524,16 +560,37 @@ class Dropout(nn.Module):
     The mask is drawn from `self.make_rng("dropout")`: pass `rngs={"dropout": dropout_key}` to
     apply, with a fresh key each step.
 
+    Samplers (`sampler`); both draw from the Threefry-2x32 generator of jax's default key:
+      "bernoulli" (default): `jax.random.bernoulli`, one Threefry evaluation per unit; p is
+        resolved to 2^-23 (a float32 uniform). The same masks as flax.linen.Dropout for a key.
+      "threefry16": four 16-bit uniforms per Threefry evaluation (`_threefry16_keep_mask`),
+        a quarter of the hashing. On a 2-core CPU the MNIST MLP's two masks at batch 128 take
+        0.20 ms instead of 0.51 ms, and a BatchNorm + dropout training step is 8% (batch 128)
+        to 10% (batch 1024) faster (benchmarks/README.md). Trade-off: the keep probability is
+        quantized to a multiple of 2^-16, p_q = round(p * 2^16) / 2^16 (rate 0.2 keeps with
+        0.8000031, not 0.8), and kept units are scaled by 1 / p_q, so E[output] = a exactly and
+        Var[output] = a^2 (1 - p_q) / p_q. Units within a group of four share one hash evaluation (disjoint bits of one 64-bit
+        output, independent as far as Threefry is a good pseudorandom function). The masks
+        differ from "bernoulli"'s for the same key, so runs are reproducible per sampler only.
+
     Attributes:
       rate: drop probability, in [0, 1). rate = 0 is the identity.
+      sampler: "bernoulli" | "threefry16", how the keep mask is drawn (see above).
     """
 
     rate: float
+    sampler: str = "bernoulli"
 
     def __post_init__(self):
         if not 0.0 <= self.rate < 1.0:
             raise ValueError(f"Dropout.rate: {self.rate!r} is outside [0, 1); rate is the drop "
                              "probability (the chapter's keep probability is p = 1 - rate)")
+        if self.sampler not in DROPOUT_SAMPLERS:
+            raise ValueError(f"Dropout.sampler: unknown {self.sampler!r}; expected one of "
+                             f"{list(DROPOUT_SAMPLERS)}")
+        if self.sampler == "threefry16" and round((1.0 - self.rate) * 2**16) < 1:
+            raise ValueError(f"Dropout.rate: {self.rate!r} leaves a keep probability below "
+                             "2^-16, which sampler='threefry16' cannot represent; use 'bernoulli'")
         super().__post_init__()
 
     @nn.compact
@@ -549,7 +606,13 @@ class Dropout(nn.Module):
         """
         if not train or self.rate == 0.0:
             return x
-        keep_prob = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob, shape=x.shape)
+        key = self.make_rng("dropout")
+        if self.sampler == "threefry16":
+            threshold = round((1.0 - self.rate) * 2**16)
+            keep_prob = threshold / 2**16
+            mask = _threefry16_keep_mask(key, x.shape, threshold)
+        else:
+            keep_prob = 1.0 - self.rate
+            mask = jax.random.bernoulli(key, p=keep_prob, shape=x.shape)
         # where, not x * mask: dropped units contribute an exact 0 and receive an exact 0 gradient.
         return jnp.where(mask, x / keep_prob, jnp.zeros_like(x))

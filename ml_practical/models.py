@@ -67,6 +67,9 @@ class MLP(nn.Module):
       norm: "none" | "batch" | "layer" | "group".
       norm_position: "before" the activation (chapter option A) or "after" it (option B).
       drop_rate: dropout *drop* probability after each hidden layer (the chapter's keep prob is 1 - rate).
+      dropout_sampler: how dropout masks are drawn, "bernoulli" (default, `jax.random.bernoulli`) or
+        "threefry16" (a quarter of the hashing; keep probability quantized to 2^-16, masks differ
+        from "bernoulli"'s for the same key). See `layers.Dropout`.
       hidden_init / output_init: initializer names (see `initializers.get`) or `(key, shape, dtype)`
         callables; the chapter's recipe is He for hidden ReLU layers and Xavier for the output.
       bias_init: initializer of the biases (zeros; the chapter's A1 explains why that is safe).
@@ -91,6 +94,7 @@ class MLP(nn.Module):
     norm: str = "none"
     norm_position: str = "before"
     drop_rate: float = 0.0
+    dropout_sampler: str = "bernoulli"
     hidden_init: Initializer = "he_normal"
     output_init: Initializer = "xavier_normal"
     bias_init: Initializer = "zeros"
@@ -105,6 +109,7 @@ class MLP(nn.Module):
         act = get_activation(self.activation)
         _check_choice("model.norm", self.norm, NORMS)
         _check_choice("model.norm_position", self.norm_position, NORM_POSITIONS)
+        _check_choice("model.dropout_sampler", self.dropout_sampler, layers.DROPOUT_SAMPLERS)
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"model.drop_rate: {self.drop_rate} is outside [0, 1)")
         hidden_init = initializers.get(self.hidden_init)
@@ -128,7 +133,8 @@ class MLP(nn.Module):
                 x = self._norm(i)(x, train=train)
             self.sow("intermediates", f"act_{i}", x)
             if self.drop_rate > 0.0:
-                x = layers.Dropout(self.drop_rate, name=f"dropout_{i}")(x, train=train or mc_dropout)
+                x = layers.Dropout(self.drop_rate, sampler=self.dropout_sampler,
+                                   name=f"dropout_{i}")(x, train=train or mc_dropout)
         return nn.Dense(self.num_classes, kernel_init=output_init, bias_init=bias_init,
                         name="head")(x)
 

@@ -9,6 +9,10 @@
 
 Every whole-file write goes to a temporary file that is renamed over the old one (atomic on POSIX),
 so a crash leaves either the old or the new file, never half of one.
+
+In a run of several processes only the primary one (`primary=True`, process 0) writes these files
+and shows the progress bar; the others read them (the config check, the metrics history) and write
+nothing, so each line appears once. The caller puts a barrier after `check_or_write_config`.
 """
 
 from __future__ import annotations
@@ -92,17 +96,26 @@ class ConfigMismatchError(ValueError):
 
 
 class RunFiles:
-    """Owns a run directory's files."""
+    """Owns a run directory's files.
 
-    def __init__(self, workdir: os.PathLike, tensorboard: bool = True):
+    Args:
+      workdir: the run directory (created).
+      tensorboard: also write TensorBoard events.
+      primary: this process writes the files; False (processes 1.. of a multi-process run): every
+        write is skipped, reads still work.
+    """
+
+    def __init__(self, workdir: os.PathLike, tensorboard: bool = True, primary: bool = True):
         self.workdir = pathlib.Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.primary = primary
+        if primary:
+            self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "config.json"
         self.metrics_path = self.workdir / "metrics.jsonl"
         self.summary_path = self.workdir / "summary.json"
         self.checkpoint_dir = self.workdir / "checkpoints"
         self.tb_dir = self.workdir / "tb"
-        self._tensorboard = tensorboard
+        self._tensorboard = tensorboard and primary
         self._tb = None
 
     # config.json ---------------------------------------------------------------------------------
@@ -113,6 +126,7 @@ class RunFiles:
         metrics, summary and events and starts over.
         """
         new = to_jsonable(cfg)
+        # Every process checks (each must refuse), only the primary one deletes and writes.
         if self.config_path.exists() and not restart:
             old = json.loads(self.config_path.read_text())
             diff = config_diff(old, new)
@@ -121,6 +135,8 @@ class RunFiles:
                     f"{self.workdir} holds a run with a different config:\n" + "\n".join(diff) +
                     "\nUse another --workdir, or pass --config.train.restart=True to delete that "
                     "run and start over.")
+        if not self.primary:
+            return
         if restart:
             for path in (self.metrics_path, self.summary_path):
                 path.unlink(missing_ok=True)
@@ -149,6 +165,8 @@ class RunFiles:
         does not drain, so a killed run can lose its last epochs there while metrics.jsonl, the
         record of truth, has them.
         """
+        if not self.primary:
+            return
         kept = [r for r in self.read_metrics() if r["epoch"] <= after_epoch]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         if kept or self.metrics_path.exists():
@@ -159,6 +177,8 @@ class RunFiles:
                 self._log_tensorboard(record, purge_step=int(kept[0]["epoch"]))
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
+        if not self.primary:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
             f.flush()
@@ -173,6 +193,8 @@ class RunFiles:
         return 0.0
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
+        if not self.primary:
+            return
         atomic_write_text(self.summary_path,
                           json.dumps(to_jsonable(summary), indent=2, sort_keys=True) + "\n")
 

@@ -30,6 +30,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_practical import augment as augment_lib
 from ml_practical import data as data_lib
 from ml_practical import diagnostics
+from ml_practical import distributed
+from ml_practical import input_pipeline
 from ml_practical import losses, models, optim
 from ml_practical import run_files
 
@@ -148,7 +150,7 @@ def eval_step(params: PyTree, batch_stats: PyTree, batch: Mapping[str, jax.Array
 def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
                      label_smoothing: float = 0.0, augment_fn: Callable | None = None,
                      skip_nonfinite: bool = True, mesh: Mesh | None = None,
-                     donate: bool = True) -> Callable:
+                     donate: bool = True, gather: bool = True) -> Callable:
     """Returns `train_epoch(state, images, labels, batch_idx) -> (state, metrics)`, jitted once.
 
     `images`/`labels` are the device-resident training set and `batch_idx` an int32 array of shape
@@ -156,22 +158,32 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     as arrays of length num_batches (a few KiB), so the host syncs once per epoch. With `donate`
     the state buffer is donated (the epoch updates it in place); `run_epoch` keeps it instead, to
     be able to replay the epoch.
+
+    With `gather=False` it returns `train_chunk(state, images, labels)` instead, a scan over batches
+    already gathered on the host (images (K, batch, ...), labels (K, batch)): the unit of work of
+    the host-resident input pipeline (`input_pipeline.make_streamed_epoch`). Both scans run the
+    same body on the same rows, so the two placements compute the same steps.
     """
     step = functools.partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing,
                              augment_fn=augment_fn, skip_nonfinite=skip_nonfinite)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
-    def train_epoch(state, images, labels, batch_idx):
-        def body(state, idx):
-            batch = {"image": images[idx], "label": labels[idx]}
-            if batch_sharding is not None:
-                # Each device computes on its slice of the global batch; BatchNorm's means over
-                # the batch axis become all-reduces, i.e. synchronised BatchNorm.
-                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-            return step(state, batch)
-        return jax.lax.scan(body, state, batch_idx)
+    def body(state, batch):
+        if batch_sharding is not None:
+            # Each device computes on its slice of the global batch; BatchNorm's means over
+            # the batch axis become all-reduces, i.e. synchronised BatchNorm.
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return step(state, batch)
 
-    return jax.jit(train_epoch, donate_argnums=(0,) if donate else ())
+    def train_epoch(state, images, labels, batch_idx):
+        return jax.lax.scan(
+            lambda state, idx: body(state, {"image": images[idx], "label": labels[idx]}),
+            state, batch_idx)
+
+    def train_chunk(state, images, labels):
+        return jax.lax.scan(body, state, {"image": images, "label": labels})
+
+    return jax.jit(train_epoch if gather else train_chunk, donate_argnums=(0,) if donate else ())
 
 
 def run_epoch(fast_epoch: Callable, guarded_epoch: Callable | None, state: TrainState,
@@ -229,19 +241,31 @@ def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -
 
 def put_split(x: np.ndarray, y: np.ndarray, batch_size: int,
               sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, ...]:
-    """Pads a split to a multiple of `batch_size` (weight-0 rows) and puts it on device."""
+    """Pads a split to a multiple of `batch_size` (weight-0 rows) and puts it on device.
+
+    The arrays are global (`distributed.put_global`): with several processes each one, holding the
+    whole split, fills the shards of its own devices.
+    """
     n = len(x)
     padded = -(-n // batch_size) * batch_size
     pad = padded - n
     xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     yp = np.concatenate([y, np.zeros((pad,), y.dtype)]) if pad else y
     w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return tuple(jax.device_put(a, sharding) for a in (xp, yp, w))
+    return tuple(distributed.put_global(a, sharding) for a in (xp, yp, w))
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh with axis "data" over the first `num_devices` devices (default: all)."""
+    """A 1-D mesh with axis "data" over the first `num_devices` devices (default: all).
+
+    With several processes the mesh spans the devices of all of them (`jax.devices()` lists them
+    process by process, so each process holds one contiguous block of every batch), and
+    `num_devices` must be 0 / None or the total: every process needs devices in the mesh.
+    """
     devices = jax.devices()
+    if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+        raise ValueError(f"train.num_devices: {num_devices}, but a run of {jax.process_count()} "
+                         f"processes uses all {len(devices)} devices; use 0 (all)")
     if num_devices:
         if num_devices > len(devices):
             raise ValueError(f"train.num_devices: {num_devices} requested, {len(devices)} available")
@@ -277,7 +301,14 @@ def trailing_run(skipped: np.ndarray, previous: int) -> tuple[int, int]:
 
 @dataclasses.dataclass
 class Experiment:
-    """What `fit` builds from a config: data on device, model, optimizer and compiled functions."""
+    """What `fit` builds from a config: data, model, optimizer and compiled functions.
+
+    `placement` says where the training set lives (`input_pipeline`): "device" (then
+    `train_arrays` are device arrays and `train_epoch` one compiled scan) or "host" (then
+    `train_arrays` are the dataset's numpy arrays, never put on a device, and `train_epoch` streams
+    prefetched chunks). Both epoch functions take (state, *train_arrays, batch_idx), so
+    `run_epoch` and `fit` do not depend on the choice. Validation and test are device-resident.
+    """
 
     cfg: ml_collections.ConfigDict
     dataset: data_lib.Dataset
@@ -289,14 +320,18 @@ class Experiment:
     train_epoch_guarded: Callable | None  # the replay with the non-finite guard (None: no guard)
     evaluate: Callable
     steps_per_epoch: int
-    train_arrays: tuple[jax.Array, jax.Array]
+    train_arrays: tuple[jax.Array | np.ndarray, jax.Array | np.ndarray]  # numpy when "host"
     val_split: tuple[jax.Array, ...]
     test_split: tuple[jax.Array, ...]
+    placement: input_pipeline.InputPlacement | None = None
 
     def init_state(self) -> TrainState:
         state = create_train_state(self.model, self.tx, jax.random.PRNGKey(self.cfg.seed),
                                    self.dataset.train_x.shape[1:])
-        return jax.device_put(state, NamedSharding(self.mesh, P()))
+        # Every process initialises the same state from the seed and fills its own devices;
+        # device_put would instead all-gather the state across processes to check it is equal.
+        replicated = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda a: distributed.put_global(np.asarray(a), replicated), state)
 
     def run_epoch(self, state: TrainState, epoch: int) -> tuple[TrainState, dict[str, np.ndarray]]:
         """Trains one epoch (see `run_epoch`); per-step metrics come back on the host."""
@@ -304,9 +339,15 @@ class Experiment:
                          self.batch_indices(epoch))
 
     def batch_indices(self, epoch: int) -> jax.Array:
+        """The epoch's (num_batches, batch_size) example indices, replicated on every device.
+
+        Every process computes the same indices from (seed, epoch). With the device-resident
+        training set (replicated too), each device then gathers only its own rows of each global
+        batch inside the compiled epoch: no process sends examples to another.
+        """
         idx = data_lib.batch_indices(self.cfg.seed, epoch, len(self.dataset.train_y),
                                      self.cfg.train.batch_size, drop_remainder=True)
-        return jnp.asarray(idx, jnp.int32)
+        return distributed.put_global(idx.astype(np.int32), NamedSharding(self.mesh, P()))
 
 
 def build_experiment(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None,
@@ -333,24 +374,38 @@ def build_experiment(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset |
     schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
     augment_fn = augment_lib.get(cfg.train.get("augment", "none"))
     replicated = NamedSharding(mesh, P())
-    # The training set is replicated: each device gathers its batches locally, then the batch is
-    # constrained to be split over "data". MNIST is 188 MB in float32; see the README on memory.
-    train_arrays = (jax.device_put(dataset.train_x, replicated),
-                    jax.device_put(dataset.train_y, replicated))
     eval_bs = cfg.train.eval_batch_size
     guard = cfg.train.skip_nonfinite
     make_epoch = functools.partial(make_train_epoch, model, tx,
                                    label_smoothing=cfg.train.label_smoothing,
                                    augment_fn=augment_fn, mesh=mesh)
+    placement = input_pipeline.resolve_placement(
+        cfg.data, dataset.train_x.nbytes + dataset.train_y.nbytes)
+    if placement.placement == "device":
+        # The training set is replicated: each device gathers its batches locally, then the batch
+        # is constrained to be split over "data". MNIST is 188 MB in float32.
+        train_arrays = (distributed.put_global(dataset.train_x, replicated),
+                        distributed.put_global(dataset.train_y, replicated))
+        train_epoch = make_epoch(skip_nonfinite=False, donate=not guard)
+        train_epoch_guarded = make_epoch(skip_nonfinite=True) if guard else None
+    else:
+        # Host-resident: no device_put of the training set (that is the memory saving).
+        train_arrays = (dataset.train_x, dataset.train_y)
+        stream = functools.partial(input_pipeline.make_streamed_epoch, mesh=mesh,
+                                   chunk_steps=placement.chunk_steps)
+        train_epoch = stream(make_epoch(skip_nonfinite=False, donate=not guard, gather=False))
+        train_epoch_guarded = (stream(make_epoch(skip_nonfinite=True, gather=False))
+                               if guard else None)
     return Experiment(
         cfg=cfg, dataset=dataset, model=model, tx=tx, schedule=schedule, mesh=mesh,
-        train_epoch=make_epoch(skip_nonfinite=False, donate=not guard),
-        train_epoch_guarded=make_epoch(skip_nonfinite=True) if guard else None,
+        train_epoch=train_epoch,
+        train_epoch_guarded=train_epoch_guarded,
         evaluate=make_evaluate(model, eval_bs, mesh),
         steps_per_epoch=steps_per_epoch,
         train_arrays=train_arrays,
         val_split=put_split(dataset.val_x, dataset.val_y, eval_bs, replicated),
         test_split=put_split(dataset.test_x, dataset.test_y, eval_bs, replicated),
+        placement=placement,
     )
 
 
@@ -379,8 +434,10 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     from ml_practical import checkpointing  # orbax import is slow; keep `import train` light.
 
     exp = build_experiment(cfg, dataset=dataset, mesh=mesh)
-    files = run_files.RunFiles(workdir)
+    # Several processes: process 0 writes the run files, all take part in every checkpoint.
+    files = run_files.RunFiles(workdir, primary=distributed.is_primary())
     files.check_or_write_config(cfg, restart=cfg.train.get("restart", False))
+    distributed.sync("fit:run_files_ready")  # a restart's deletions done before orbax looks
     stopper = checkpointing.make_early_stopping(cfg.early_stopping)
     ckpt = checkpointing.RunCheckpointer(files.checkpoint_dir, cfg, monitor=stopper.monitor,
                                          mode=stopper.mode)
@@ -399,7 +456,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     stop_reason = es_state.stop_reason if es_state.stopped else None
     wall_start = time.time() - files.previous_wall_time(start_epoch - 1)
     progress = run_files.Progress(cfg.train.num_epochs, initial=start_epoch - 1,
-                                  mode=cfg.train.get("progress", "auto"))
+                                  mode=cfg.train.get("progress", "auto") if files.primary
+                                  else "never")
     interrupted = _InterruptFlag()
     # Per-layer activation / gradient statistics every cfg.train.stats_every epochs (0 = off).
     log_stats = diagnostics.make_stats_logger(exp.model, *exp.train_arrays,
@@ -430,7 +488,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             ckpt.save(epoch, state, es_state.to_dict(), record, consecutive)
             progress.update(record)
             stop_reason = es_state.stop_reason if es_state.stopped else None
-            if interrupted.fired:
+            # A signal may reach only some processes: all must stop after the same epoch.
+            if not distributed.all_agree(not interrupted.fired):
                 stop_reason = "interrupted"
                 break
         else:
@@ -458,6 +517,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         "num_params": int(sum(x.size for x in jax.tree.leaves(best_state.params))),
         "seed": cfg.seed,
         "dataset": exp.dataset.info(),
+        "input": exp.placement.info(),  # where the training set lived ("device" | "host")
         "devices": [str(d) for d in exp.mesh.devices.flat],
     }
     files.write_summary(summary)

@@ -2,6 +2,7 @@
 
 import flax.linen as fnn
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -376,3 +377,78 @@ def test_dropout_works_under_jit_with_bfloat16():
     y = jax.jit(lambda v, k: dropout_apply(0.5, v, k))(x, jax.random.key(8))
     assert y.dtype == jnp.bfloat16
     assert set(np.unique(np.asarray(y, np.float32))) == {0.0, 2.0}
+
+
+# The cheaper sampler: four 16-bit uniforms per Threefry-2x32 evaluation.
+
+
+def test_threefry16_scales_by_the_quantized_keep_prob():
+    rate = 0.2
+    threshold = round(0.8 * 2**16)  # 52429: keep prob 0.80000305
+    p_q = threshold / 2**16
+    y = np.asarray(layers.Dropout(rate, sampler="threefry16").apply(
+        {}, jnp.ones((400, 512)), train=True, rngs={"dropout": jax.random.key(0)}))
+    kept = y[y != 0]
+    np.testing.assert_array_equal(kept, np.float32(1.0) / np.float32(p_q))
+    # Keep fraction within 4 standard errors of p_q over 204,800 units; E[y] = 1 likewise.
+    se = np.sqrt(p_q * (1 - p_q) / y.size)
+    assert abs((y != 0).mean() - p_q) < 4 * se
+    assert abs(y.mean() - 1.0) < 4 * se / p_q
+
+
+def test_threefry16_mask_follows_its_documented_layout():
+    # Unit j of row i is field j % 4 of Threefry-2x32(k, (0, i * words + j // 4)), fields being
+    # (hi & 0xFFFF, hi >> 16, lo & 0xFFFF, lo >> 16); computed here through jax's other entry
+    # point to the cipher, which hashes the pairs (count[t], count[t + n/2]).
+    rows, features, threshold = 3, 10, 30000
+    words = 3  # ceil(10 / 4)
+    key = jax.random.key(11)
+    k = np.asarray(jax.random.bits(key, (2,), jnp.uint32))
+    m = rows * words
+    counts = jnp.concatenate([jnp.zeros(m, jnp.uint32), jnp.arange(m, dtype=jnp.uint32)])
+    out = np.asarray(jax.extend.random.threefry_2x32(jnp.asarray(k), counts))
+    hi, lo = out[:m], out[m:]
+    fields = np.stack([hi & 0xFFFF, hi >> 16, lo & 0xFFFF, lo >> 16], -1).reshape(rows, -1)
+    expected = fields[:, :features] < threshold
+    mask = layers._threefry16_keep_mask(key, (rows, features), threshold)
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_threefry16_rows_do_not_depend_on_the_batch_size():
+    # Row i's mask depends only on (key, i): the first rows of a bigger batch draw the same mask,
+    # so a batch split over devices draws it shard-locally.
+    key = jax.random.key(2)
+    small = layers._threefry16_keep_mask(key, (5, 7), 40000)
+    big = layers._threefry16_keep_mask(key, (9, 7), 40000)
+    np.testing.assert_array_equal(small, big[:5])
+
+
+def test_threefry16_units_sharing_a_hash_are_uncorrelated():
+    # Fields of one 64-bit output decide neighbouring units: their masks must be independent.
+    mask = np.asarray(layers._threefry16_keep_mask(jax.random.key(4), (20_000, 8), 2**15), float)
+    corr = np.corrcoef(mask.T)
+    off_diagonal = corr[~np.eye(8, dtype=bool)]
+    assert np.max(np.abs(off_diagonal)) < 4 / np.sqrt(20_000)
+
+
+def test_threefry16_gradient_and_variance():
+    rate = 0.4  # keep 0.6 -> p_q = 39322 / 65536
+    p_q = round(0.6 * 2**16) / 2**16
+    drop = layers.Dropout(rate, sampler="threefry16")
+    key = jax.random.key(9)
+    x = 0.5 + jax.random.uniform(jax.random.key(3), (1000,))
+    grad = jax.grad(lambda v: drop.apply({}, v, train=True, rngs={"dropout": key}).sum())(x)
+    mask = np.asarray(drop.apply({}, x, train=True, rngs={"dropout": key})) != 0
+    np.testing.assert_array_equal(grad, mask.astype(np.float32) / np.float32(p_q))
+    a = 3.0
+    y = np.asarray(drop.apply({}, jnp.full((100_000,), a), train=True,
+                              rngs={"dropout": jax.random.key(5)}), np.float64)
+    expected = a**2 * (1 - p_q) / p_q
+    assert abs(y.var() - expected) / expected < 0.03
+
+
+def test_dropout_rejects_unknown_sampler_and_unrepresentable_rate():
+    with pytest.raises(ValueError, match=r"Dropout.sampler.*\['bernoulli', 'threefry16'\]"):
+        layers.Dropout(0.5, sampler="philox")
+    with pytest.raises(ValueError, match="Dropout.rate"):
+        layers.Dropout(1.0 - 2**-18, sampler="threefry16")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ml_practical import models
+from ml_practical import layers, models
 
 
 def _init(model, x):
@@ -97,6 +97,7 @@ def test_other_norms_build(norm):
     ("drop_rate", 1.0, "drop_rate"),
     ("drop_rate", -0.1, "drop_rate"),
     ("hidden_init", "glorot", "glorot"),
+    ("dropout_sampler", "philox", "model.dropout_sampler"),
 ])
 def test_bad_model_fields_name_the_field(field, value, needle):
     with pytest.raises(ValueError, match=needle):
@@ -110,3 +111,28 @@ def test_make_model_rejects_unknown_fields():
         models.make_model(cfg)
     with pytest.raises(ValueError, match="model.name"):
         models.make_model(ml_collections.ConfigDict({"name": "resnet"}))
+
+
+def test_dropout_sampler_reaches_every_dropout_layer():
+    fast = models.MLP(widths=(32, 16), drop_rate=0.25, dropout_sampler="threefry16")
+    default = models.MLP(widths=(32, 16), drop_rate=0.25)
+    x = jax.random.normal(jax.random.key(0), (64, 8))
+    v = _init(fast, x)
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, layers.Dropout):
+            seen.append(context.module.sampler)
+        return next_fun(*args, **kwargs)
+
+    @jax.jit
+    def outputs(v, x, key):
+        with nn.intercept_methods(record):
+            train = fast.apply(v, x, train=True, rngs={"dropout": key})
+        return (train, default.apply(v, x, train=True, rngs={"dropout": key}),
+                fast.apply(v, x, train=False), default.apply(v, x, train=False))
+
+    out, ref, out_eval, ref_eval = outputs(v, x, jax.random.key(3))
+    assert seen == ["threefry16", "threefry16"]
+    assert not np.allclose(out, ref)  # another mask stream for the same key
+    np.testing.assert_array_equal(out_eval, ref_eval)  # evaluation is the identity either way

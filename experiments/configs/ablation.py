@@ -7,10 +7,12 @@ Run:
   Select rows or variants by name: --config.only=he,he_bn   --config.only=label_smoothing,adamw,clip
   ("" = rows 1-8, "all" = rows 1-8 and the variants adamw, clip, layernorm, bn_after, cosine; the
   names and their exact overrides are `ml_practical.ablation.EXPERIMENTS`).
+  On a GPU the seeds of a row train as one vmapped program (seed_mode "auto"); force either way
+  with --config.seed_mode=vmap or --config.seed_mode=sequential.
 
 Expected: see the README's results table (measured, with its command and wall time).
 
-The study-level fields are `seeds` and `only`; every other field is the base training config that
+The study-level fields are `seeds`, `only` and `seed_mode`; every other field is the base training config that
 each row overrides: the chapter's setup (784-512-256-10 ReLU MLP, Adam lr 1e-3, batch 128, up to
 50 epochs, early stopping with patience 10 on val/loss, best weights restored), with every
 technique the rows switch on switched off here. Each run's resolved config is written to
@@ -27,6 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
   del cfg["seed"]                  # each run's seed comes from `seeds`
   cfg.seeds = 3                    # runs every experiment with seeds 0, 1, ..., seeds - 1
   cfg.only = ""                    # comma-separated experiment names; "" = rows 1-8; "all"
+  # How a row's seeds run: "sequential" (one train.fit each: checkpoints, resume), "vmap" (all
+  # unfinished seeds as one vmapped program, multiseed.fit_seeds: same per-seed results to float32
+  # rounding, no checkpoints, an interrupted row restarts), "auto" = vmap on GPU/TPU, sequential
+  # on CPU (4 MNIST seeds vmapped were no faster on the 2-core CPU: benchmarks/seeds.py).
+  cfg.seed_mode = "auto"
 
   # The chapter's lab setup. Rows set init, norm, dropout, L2 and label smoothing themselves;
   # the values here are row 1's, so the base config alone is the plainest run.

@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   cfg.data.split_seed = 0
   cfg.data.normalize = "global"    # "global" | "per_pixel" | "none"; stats from train only
   cfg.data.limit_train = 0         # 0 = all
+  # Where the training set lives (ml_practical/input_pipeline.py); same results either way.
+  cfg.data.placement = "auto"      # "auto" | "device" (one scan per epoch) | "host" (streamed)
+  cfg.data.device_budget_mb = 1024.0  # "auto": device iff train images + labels fit (MiB/device)
+  cfg.data.chunk_steps = 32        # "host": steps gathered + transferred per prefetched chunk
 
   cfg.model = ml_collections.ConfigDict()
   cfg.model.name = "mlp"
