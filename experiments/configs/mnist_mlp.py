@@ -42,6 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   cfg.model.output_init = "xavier_normal"
   cfg.model.bn_momentum = 0.9      # chapter/flax convention (torch's 0.1)
   cfg.model.bn_backward = "autodiff"
+  cfg.model.dropout_sampler = "bernoulli"  # "threefry16": 4x fewer hashes, keep prob rounded to
+                                           # a multiple of 2^-16 (layers.Dropout; benchmarks/README)
 
   cfg.optim = ml_collections.ConfigDict()
   cfg.optim.name = "adam"          # "sgd" | "momentum" | "adam" | "adamw"
