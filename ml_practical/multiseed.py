@@ -136,22 +136,7 @@ def make_evaluate_seeds(model, batch_size: int, mesh=None) -> Callable:
     `train.eval_step` sums over the batches of a padded split (`train.put_split`), divided on the
     host in float64, as `make_evaluate` does.
     """
-    step = functools.partial(train_lib.eval_step, model=model)
-    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
-
-    def one_seed(params, batch_stats, images, labels, weights):
-        n = images.shape[0] // batch_size
-
-        def body(carry, i):
-            sl = lambda a: jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size)
-            batch = {"image": sl(images), "label": sl(labels), "weight": sl(weights)}
-            if batch_sharding is not None:
-                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-            return jax.tree.map(jnp.add, carry, step(params, batch_stats, batch)), None
-
-        zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-        return jax.lax.scan(body, zero, jnp.arange(n))[0]
-
+    one_seed = train_lib.make_split_sums(model, batch_size, mesh)
     _evaluate = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None, None)))
 
     def evaluate(params, batch_stats, split):

@@ -206,17 +206,16 @@ def run_epoch(fast_epoch: Callable, guarded_epoch: Callable | None, state: Train
     return new_state, metrics
 
 
-def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -> Callable:
-    """Returns `evaluate(params, batch_stats, split) -> {"loss", "accuracy"}` over a whole split.
+def make_split_sums(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -> Callable:
+    """Returns `split_sums(params, batch_stats, images, labels, weights)`, not jitted.
 
-    A split is padded once to a multiple of `batch_size` with weight-0 rows (see `put_split`), so
-    every batch has one shape and the function compiles once per split shape.
+    A scan of `eval_step` over the batches of a padded split (see `put_split`), summing loss,
+    correct predictions and row count. `make_evaluate` jits it; `multiseed` vmaps it over seeds.
     """
     step = functools.partial(eval_step, model=model)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
-    @jax.jit
-    def _evaluate(params, batch_stats, images, labels, weights):
+    def split_sums(params, batch_stats, images, labels, weights):
         n = images.shape[0] // batch_size
 
         def body(carry, i):
@@ -230,6 +229,17 @@ def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -
         zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
         sums, _ = jax.lax.scan(body, zero, jnp.arange(n))
         return sums
+
+    return split_sums
+
+
+def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -> Callable:
+    """Returns `evaluate(params, batch_stats, split) -> {"loss", "accuracy"}` over a whole split.
+
+    A split is padded once to a multiple of `batch_size` with weight-0 rows (see `put_split`), so
+    every batch has one shape and the function compiles once per split shape.
+    """
+    _evaluate = jax.jit(make_split_sums(model, batch_size, mesh))
 
     def evaluate(params, batch_stats, split):
         sums = jax.device_get(_evaluate(params, batch_stats, *split))
