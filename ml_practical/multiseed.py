@@ -39,7 +39,7 @@ What `fit_seeds` keeps from `fit`, and what it does not:
   `train.num_epochs` is reached, so the group costs as much as its longest seed.
 - No orbax checkpoints and no resume: a group that is interrupted (Ctrl-C aborts it) starts again
   from epoch 1; a seed directory holding checkpoints of a sequential run is refused (resume it with
-  `train.fit`, or pass `train.restart`). No per-layer statistics (`train.stats_every` must be 0).
+  `train.fit`, or delete it). No per-layer statistics (`train.stats_every` must be 0).
   One process, and the training set on the device (`data.placement` "device"): the vmapped epoch
   gathers every seed's batches from one device-resident copy.
 - Times: `epoch_time_s` and `wall_time_s` are the seed's share (the group's time / S), so summing
@@ -285,10 +285,11 @@ def fit_seeds(cfg: ml_collections.ConfigDict, seeds: Sequence[int],
         restart = cfg.train.get("restart", False)
         for i, s in enumerate(seeds):
             f = run_files.RunFiles(seed_dir(workdir, s))
-            if f.checkpoint_dir.exists() and any(f.checkpoint_dir.iterdir()) and not restart:
+            if f.checkpoint_dir.exists() and any(f.checkpoint_dir.iterdir()):
+                # Even with train.restart, which only wipes a run whose config changed.
                 raise ValueError(f"{f.workdir} holds checkpoints of a sequential run; resume it "
-                                 "with train.fit (seed_mode='sequential') or pass "
-                                 "train.restart=True to start it over")
+                                 "with train.fit (seed_mode='sequential') or delete that "
+                                 "directory to start it over")
             f.check_or_write_config(with_seed(cfg, s), restart=restart)
             f.truncate_metrics(after_epoch=0)
             files[i] = f

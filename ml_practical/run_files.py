@@ -123,18 +123,27 @@ class RunFiles:
         """Writes config.json; refuses a workdir whose saved config differs (unless `restart`).
 
         `restart=True` (`--config.train.restart=True`) deletes the old run's checkpoints,
-        metrics, summary and events and starts over.
+        metrics, summary and events and starts over, but only when the saved config differs from
+        this one. The flag stays in the command line that is rerun after a crash, and a rerun must
+        resume, not wipe the run it made the first time; so with an unchanged config it resumes
+        (and says so). To redo a run of the same config from scratch, use a new workdir or
+        delete the old one.
         """
         new = to_jsonable(cfg)
+        diff = []
+        if self.config_path.exists():
+            diff = config_diff(json.loads(self.config_path.read_text()), new)
+        if restart and not diff:
+            restart = False  # same config: resume (see the docstring)
+            if self.primary and self.config_path.exists():
+                print(f"train.restart=True but {self.workdir} holds a run of this same config: "
+                      "resuming it (delete the workdir to start over)", file=sys.stderr)
         # Every process checks (each must refuse), only the primary one deletes and writes.
-        if self.config_path.exists() and not restart:
-            old = json.loads(self.config_path.read_text())
-            diff = config_diff(old, new)
-            if diff:
-                raise ConfigMismatchError(
-                    f"{self.workdir} holds a run with a different config:\n" + "\n".join(diff) +
-                    "\nUse another --workdir, or pass --config.train.restart=True to delete that "
-                    "run and start over.")
+        if diff and not restart:
+            raise ConfigMismatchError(
+                f"{self.workdir} holds a run with a different config:\n" + "\n".join(diff) +
+                "\nUse another --workdir, or pass --config.train.restart=True to delete that "
+                "run and start over.")
         if not self.primary:
             return
         if restart:

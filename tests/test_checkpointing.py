@@ -543,6 +543,16 @@ def test_changed_config_is_refused_and_restart_starts_over(tmp_path, capsys, dig
     assert [r["epoch"] for r in _metrics(tmp_path)] == [1, 2]
     assert summary["final_state"].params["dense_0"]["kernel"].shape == (64, 16)
 
+    # Rerunning the same command (restart=True still in it) resumes instead of wiping again.
+    after = (tmp_path / "metrics.jsonl").read_text()
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    again = train.fit(changed, tmp_path, dataset=digits)
+    err = capsys.readouterr().err
+    assert "resuming it" in err and "Resumed from epoch 2" in err
+    assert (tmp_path / "metrics.jsonl").read_text() == after
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ckpts
+    assert again["test/loss"] == summary["test/loss"]
+
 
 def test_cli_refuses_changed_config_and_prints_no_deprecation(tmp_path):
     base = [sys.executable, "-W", "default", "-m", "experiments.train",

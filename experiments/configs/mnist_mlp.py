@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   cfg.train.max_consecutive_skips = 20
   cfg.train.num_devices = 0        # 0 = every local device
   cfg.train.progress = "auto"      # "auto" (bar when stderr is a terminal) | "always" | "never"
-  cfg.train.restart = False        # True: delete the workdir's run and start over
+  cfg.train.restart = False        # True: if the saved config differs, delete that run and start over
   cfg.train.stats_every = 0        # K > 0: per-layer activation/gradient stats every K epochs
                                    # into metrics.jsonl ("stats/dense_0/act_var", ...)
 
