@@ -7,22 +7,19 @@ per-layer gradient norms and the final test accuracy. Writes results.json, resul
 cosine_lr*.png and grad_norms_lr*_*.png into the workdir.
 """
 
-import json
-import pathlib
-import shlex
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from ml_practical import clipping
 from ml_practical import data as data_lib
-from ml_practical import diagnostics, models, optim, plots, run_files, train
+from ml_practical import diagnostics, models, optim, plots, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
                                           lock_config=True)
@@ -96,13 +93,8 @@ def _table(runs, norm_tau, value_tau):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  workdir, command = cli.start(argv, "experiments.clipping", _WORKDIR.value)
   cfg = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  command = "python -m experiments.clipping " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   try:
     lrs = [float(s) for s in cfg.learning_rates.split(",") if s.strip()]
   except ValueError:
@@ -163,15 +155,7 @@ def main(argv):
         f"{diagnostics.STATS_BATCH_SIZE} test images after training. Medians, means and "
         "extremes are over the steps with a finite gradient norm.\n",
         _table(runs, cfg.clip_norm_tau, cfg.clip_value_tau), "Figures: " + ", ".join(figures) + "\n"]
-  out = {"command": command, "config": cfg.to_dict(), "wall_time_s": wall,
-         "devices": [str(d) for d in jax.devices()], "dataset": dataset.info(), "runs": runs,
-         "figures": figures}
-  run_files.atomic_write_text(workdir / "results.json",
-                              json.dumps(run_files.to_jsonable(out)) + "\n")
-  run_files.atomic_write_text(workdir / "results.md", "\n".join(md))
-  print()
-  print("\n".join(md))
-  print(f"Wrote results.json, results.md and {len(figures)} figures to {workdir} ({wall:.0f} s).")
+  cli.finish(workdir, command, cfg, wall, {"dataset": dataset.info(), "runs": runs}, md, figures)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,14 @@ Xavier, activation histograms per layer), each next to the infinite-width theory
 workdir and prints the tables.
 """
 
-import json
-import pathlib
-import shlex
-import sys
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from ml_practical import plots, propagation, run_files
+from experiments import cli
+from ml_practical import plots, propagation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
                                           lock_config=True)
@@ -101,14 +98,8 @@ def _jsonable_rows(rows):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  workdir, command = cli.start(argv, "experiments.signal_propagation", _WORKDIR.value)
   cfg = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  command = "python -m experiments.signal_propagation " + " ".join(
-      shlex.quote(a) for a in sys.argv[1:])
   t0 = time.time()
   x = propagation.chapter_inputs(cfg.input_seed, cfg.num_samples, cfg.width)
   inits = _names("inits", cfg.inits)
@@ -137,14 +128,11 @@ def main(argv):
   wall = time.time() - t0
 
   results = {
-      "command": command, "config": cfg.to_dict(), "wall_time_s": wall,
-      "devices": [str(d) for d in jax.devices()],
       "chapter_13_1": {k: {str(l): v for l, v in c.items()}
                        for k, c in propagation.CHAPTER_13_1.items()},
       "studies": {act: {i: {**s, "measured": _jsonable_rows(s["measured"])}
                         for i, s in study.items()} for act, study in studies.items()},
       "c2": {i: {**s, "measured": _jsonable_rows(s["measured"])} for i, s in deep.items()},
-      "figures": figures,
   }
   md = [f"# Signal propagation at initialization\n\nCommand: `{command}` ({wall:.1f} s)\n",
         f"Inputs: {cfg.num_samples} x {cfg.width} standard normal (numpy seed {cfg.input_seed}); "
@@ -157,11 +145,7 @@ def main(argv):
     md += [f"## {act}, {cfg.depth} layers\n", _table(study, cfg.depth)]
   md += [f"## C2: {cfg.deep_depth} ReLU layers\n", _table(deep, cfg.deep_depth)]
   md += ["Figures: " + ", ".join(figures) + "\n"]
-  run_files.atomic_write_text(workdir / "results.json",
-                              json.dumps(run_files.to_jsonable(results), indent=1) + "\n")
-  run_files.atomic_write_text(workdir / "results.md", "\n".join(md))
-  print("\n".join(md))
-  print(f"Wrote results.json, results.md and {len(figures)} figures to {workdir} ({wall:.1f} s).")
+  cli.finish(workdir, command, cfg, wall, results, md, figures)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,17 @@ frequent test class. Writes results.json, results.md, accuracy.png and spread_<l
 the workdir.
 """
 
-import json
-import pathlib
-import shlex
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
 from ml_practical import data as data_lib
-from ml_practical import diagnostics, initializers, models, optim, plots, run_files, train
+from ml_practical import diagnostics, initializers, models, optim, plots, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
                                           lock_config=True)
@@ -100,13 +97,8 @@ def _table(results, hidden):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  workdir, command = cli.start(argv, "experiments.zero_init", _WORKDIR.value)
   cfg = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  command = "python -m experiments.zero_init " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   names = _select(cfg)
   t0 = time.time()
   dataset = data_lib.load_dataset(cfg.data)
@@ -141,10 +133,8 @@ def main(argv):
         title=f"{h}: largest difference between two units' incoming weights")
     figures.append(f"spread_{h}.png")
 
-  out = {"command": command, "config": cfg.to_dict(), "wall_time_s": wall,
-         "devices": [str(d) for d in jax.devices()], "dataset": dataset.info(),
-         "chance_accuracy": chance, "majority_class_accuracy": majority, "cases": results,
-         "figures": figures}
+  out = {"dataset": dataset.info(), "chance_accuracy": chance,
+         "majority_class_accuracy": majority, "cases": results}
   md = [f"# Zero and constant initialization\n\nCommand: `{command}` ({wall:.0f} s)\n",
         f"{'-'.join(str(w) for w in (784, *cfg.model.widths, cfg.model.num_classes))} "
         f"{cfg.model.activation} MLP, {cfg.optim.name} lr {cfg.optim.learning_rate:g}, batch "
@@ -155,12 +145,7 @@ def main(argv):
         f"{diagnostics.STATS_BATCH_SIZE} test images at the end. Chance = {100 * chance:.0f}%; always predicting the most frequent test class = "
         f"{100 * majority:.2f}%.\n",
         _table(results, hidden), "Figures: " + ", ".join(figures) + "\n"]
-  run_files.atomic_write_text(workdir / "results.json",
-                              json.dumps(run_files.to_jsonable(out), indent=1) + "\n")
-  run_files.atomic_write_text(workdir / "results.md", "\n".join(md))
-  print()
-  print("\n".join(md))
-  print(f"Wrote results.json, results.md, {', '.join(figures)} to {workdir} ({wall:.0f} s).")
+  cli.finish(workdir, command, cfg, wall, out, md, figures)
 
 
 if __name__ == "__main__":
