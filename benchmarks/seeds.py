@@ -105,7 +105,7 @@ def main():
               + ", ".join(f"{t:.2f}" for t in times[m]) + f" s  "
               f"(median {statistics.median(times[m]):.2f} s, "
               f"{samples / statistics.median(times[m]):,.0f} train samples/s)")
-    print(f"vmap / sequential per round: " + ", ".join(f"{x:.3f}" for x in ratios)
+    print("vmap / sequential per round: " + ", ".join(f"{x:.3f}" for x in ratios)
           + f"; median {ratio:.3f} ({'vmap slower' if ratio > 1 else 'vmap faster'}); "
           f"CPU-time ratio median {cpu_ratio:.3f}")
     print(json.dumps({"seeds": args.seeds, "rounds": args.rounds, "data": dataset.name,

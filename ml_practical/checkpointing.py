@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
-import json
 import os
 import pathlib
 import shutil

@@ -224,8 +224,8 @@ def build_seed_group(cfg: ml_collections.ConfigDict, seeds: Sequence[int], *,
         raise ValueError(f"seed_mode: 'vmap' runs in one process, not {jax.process_count()}; "
                          "expected seed_mode 'sequential' for a multi-process run")
     exp = train_lib.build_experiment(cfg, dataset=dataset, mesh=mesh)
-    placement = getattr(exp, "placement", None)
-    if placement is not None and placement.placement != "device":
+    placement = exp.placement
+    if placement.placement != "device":
         # The vmapped epoch gathers every seed's batches from one device-resident copy; streaming
         # S different batch orders from the host is not implemented.
         raise ValueError(f"data.placement: {placement.placement!r}; the vmapped seed mode needs "
@@ -342,23 +342,12 @@ def fit_seeds(cfg: ml_collections.ConfigDict, seeds: Sequence[int],
     num_params = int(sum(x[0].size for x in jax.tree.leaves(best.params)))
     summaries = []
     for i, s in enumerate(seeds):
-        summary = {
-            "test/accuracy": float(test["accuracy"][i]),
-            "test/loss": float(test["loss"][i]),
-            "best_epoch": es[i].best_epoch,
-            "best_metric": {stopper.monitor: es[i].best_value},
-            "epochs_run": len(histories[i]),
-            "stop_reason": es[i].stop_reason if es[i].stopped else "max_epochs",
-            "wall_time_s": histories[i][-1]["wall_time_s"] if histories[i] else 0.0,
-            "num_params": num_params,
-            "seed": s,
-            "dataset": exp.dataset.info(),
-            **({} if getattr(exp, "placement", None) is None else {"input": exp.placement.info()}),
-            "devices": [str(d) for d in exp.mesh.devices.flat],
-            "seed_mode": "vmap",
-            "seeds_together": seeds,
-            "group_wall_time_s": group_wall,
-        }
+        summary = exp.summary(
+            {name: values[i] for name, values in test.items()}, histories[i],
+            best_epoch=es[i].best_epoch, best_metric={stopper.monitor: es[i].best_value},
+            stop_reason=es[i].stop_reason if es[i].stopped else "max_epochs",
+            num_params=num_params, seed=s)
+        summary.update(seed_mode="vmap", seeds_together=seeds, group_wall_time_s=group_wall)
         if files[i] is not None:
             files[i].write_summary(summary)
             files[i].close()

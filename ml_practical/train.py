@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
 import signal
 import sys
@@ -333,7 +331,7 @@ class Experiment:
     train_arrays: tuple[jax.Array | np.ndarray, jax.Array | np.ndarray]  # numpy when "host"
     val_split: tuple[jax.Array, ...]
     test_split: tuple[jax.Array, ...]
-    placement: input_pipeline.InputPlacement | None = None
+    placement: input_pipeline.InputPlacement
 
     def init_state(self) -> TrainState:
         state = create_train_state(self.model, self.tx, jax.random.PRNGKey(self.cfg.seed),
@@ -347,6 +345,28 @@ class Experiment:
         """Trains one epoch (see `run_epoch`); per-step metrics come back on the host."""
         return run_epoch(self.train_epoch, self.train_epoch_guarded, state, *self.train_arrays,
                          self.batch_indices(epoch))
+
+    def summary(self, test: Mapping[str, float], history: list[dict[str, Any]], *,
+                best_epoch: int | None, best_metric: dict[str, Any], stop_reason: str,
+                num_params: int, seed: int) -> dict[str, Any]:
+        """A run's summary.json (`fit`, and each seed of `multiseed.fit_seeds`).
+
+        `test` holds the test metrics of the best state, `history` the run's metrics records.
+        """
+        return {
+            "test/accuracy": float(test["accuracy"]),
+            "test/loss": float(test["loss"]),
+            "best_epoch": best_epoch,
+            "best_metric": best_metric,
+            "epochs_run": len(history),
+            "stop_reason": stop_reason,
+            "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
+            "num_params": num_params,
+            "seed": seed,
+            "dataset": self.dataset.info(),
+            "input": self.placement.info(),  # where the training set lived ("device" | "host")
+            "devices": [str(d) for d in self.mesh.devices.flat],
+        }
 
     def batch_indices(self, epoch: int) -> jax.Array:
         """The epoch's (num_batches, batch_size) example indices, replicated on every device.
@@ -516,20 +536,10 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         best_state, best_epoch = best.state, best.epoch
     test = exp.evaluate(best_state.params, best_state.batch_stats, exp.test_split)
     history = files.read_metrics()
-    summary = {
-        "test/accuracy": test["accuracy"],
-        "test/loss": test["loss"],
-        "best_epoch": best_epoch,
-        "best_metric": {stopper.monitor: es_state.best_value},
-        "epochs_run": len(history),
-        "stop_reason": stop_reason,
-        "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
-        "num_params": int(sum(x.size for x in jax.tree.leaves(best_state.params))),
-        "seed": cfg.seed,
-        "dataset": exp.dataset.info(),
-        "input": exp.placement.info(),  # where the training set lived ("device" | "host")
-        "devices": [str(d) for d in exp.mesh.devices.flat],
-    }
+    summary = exp.summary(
+        test, history, best_epoch=best_epoch, best_metric={stopper.monitor: es_state.best_value},
+        stop_reason=stop_reason,
+        num_params=int(sum(x.size for x in jax.tree.leaves(best_state.params))), seed=cfg.seed)
     files.write_summary(summary)
     files.close()
     summary["final_state"] = best_state  # for library callers; not written to disk

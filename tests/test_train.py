@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ml_practical import models, optim, train
-from tests.conftest import make_tiny_dataset, tiny_config
+from tests.conftest import tiny_config
 
 
 def _leaves_equal(a, b):
