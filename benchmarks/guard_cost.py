@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.train_throughput import VARIANTS
-from experiments.configs import mnist_mlp
+from benchmarks.speed import VARIANTS, make_config
 from ml_practical import models, optim, train
 
 
@@ -33,10 +32,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    v = VARIANTS[args.variant]
-    cfg = mnist_mlp.get_config()
-    cfg.model.norm, cfg.model.drop_rate = v["norm"], v["drop_rate"]
-    cfg.optim.l2, cfg.optim.clip = v["l2"], v["clip"]
+    cfg = make_config(args.variant)
     model = models.make_model(cfg.model)
     tx = optim.make_optimizer(cfg.optim)
     n, bs = 60_000, args.batch_size
@@ -46,7 +42,7 @@ def main():
     steps = n // bs
     idx = jnp.asarray(rng.permutation(n)[: steps * bs].reshape(steps, bs).astype(np.int32))
     make = functools.partial(train.make_train_epoch, model, tx,
-                             label_smoothing=v["label_smoothing"])
+                             label_smoothing=cfg.train.label_smoothing)
     fns = {
         "none": make(skip_nonfinite=False),
         "replay": functools.partial(train.run_epoch, make(skip_nonfinite=False, donate=False),
