@@ -3,7 +3,7 @@ guard, interleaved in one process so that load drifts hit all three alike.
 
 Run:  python -m benchmarks.guard_cost [--batch_size=128] [--variant=recipe] [--rounds=5]
 
-"none": unguarded epoch, state donated. "replay" (what `fit` runs, `train.run_epoch`): unguarded
+"none": unguarded epoch, state donated. "replay" (what `loop.fit` runs, `train.replay_if_nonfinite`): unguarded
 epoch that keeps its input state, replayed with the guard only if a step was non-finite.
 "inline" (the previous design): a `lax.cond` on the gradient norm's finiteness in every step.
 Each round times one epoch of each in turn; the best epoch per guard is reported, and the last
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.speed import VARIANTS, make_config
-from ml_practical import models, optim, train
+from ml_practical import optim, tasks, train
 
 
 def main():
@@ -33,7 +33,7 @@ def main():
     args = parser.parse_args()
 
     cfg = make_config(args.variant)
-    model = models.make_model(cfg.model)
+    model = cfg.model
     tx = optim.make_optimizer(cfg.optim)
     n, bs = 60_000, args.batch_size
     rng = np.random.default_rng(0)
@@ -42,10 +42,10 @@ def main():
     steps = n // bs
     idx = jnp.asarray(rng.permutation(n)[: steps * bs].reshape(steps, bs).astype(np.int32))
     make = functools.partial(train.make_train_epoch, model, tx,
-                             label_smoothing=cfg.train.label_smoothing)
+                             task=tasks.Classification(cfg.train.label_smoothing))
     fns = {
         "none": make(skip_nonfinite=False),
-        "replay": functools.partial(train.run_epoch, make(skip_nonfinite=False, donate=False),
+        "replay": functools.partial(train.replay_if_nonfinite, make(skip_nonfinite=False, donate=False),
                                     make(skip_nonfinite=True)),
         "inline": make(skip_nonfinite=True),
         "none_kept": make(skip_nonfinite=False, donate=False),  # isolates the cost of no donation

@@ -1,4 +1,4 @@
-"""Peak resident memory of a short MNIST training run (`train.fit`), measured in a fresh subprocess.
+"""Peak resident memory of a short MNIST training run (`loop.fit`), measured in a fresh subprocess.
 
 Run:  python -m benchmarks.memory --data_dir=../shared/data/mnist [--epochs=1] [--placement=host]
                                   [--config=experiments/configs/mnist_mlp.py]
@@ -6,7 +6,7 @@ Run:  python -m benchmarks.memory --data_dir=../shared/data/mnist [--epochs=1] [
 Three children run one after the other, each a new Python process so that nothing of this one
 counts: "baseline" imports ml_practical.train and starts the JAX CPU backend, and does nothing
 else; "load" does that and `data.load_dataset` (the host arrays and their temporaries); "fit"
-trains `--epochs` epochs of the config with `ml_practical.train.fit` (data from `--data_dir`,
+trains `--epochs` epochs of the config with `ml_practical.loop.fit` (data from `--data_dir`,
 workdir in a temporary directory, evaluation and checkpoints included). Each child
 reports its own peak resident set size (VmHWM of /proc/self/status, Linux); the parent also
 reads `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`, the largest of its waited-for children,
@@ -48,7 +48,7 @@ def _vmhwm_bytes() -> int | None:
 def _child_baseline(spec: dict) -> dict:
     import jax
 
-    from ml_practical import train  # noqa: F401  (what the fit child imports, without running)
+    from ml_practical import loop  # noqa: F401  (what the fit child imports, without running)
 
     jax.devices()
     return {"peak_rss_bytes": _vmhwm_bytes()}
@@ -64,13 +64,14 @@ def _config(spec: dict):
     cfg.train.progress = "never"
     if spec["placement"] is not None and "placement" in cfg.data:
         cfg.data.placement = spec["placement"]
-    return cfg
+    from ml_practical import config
+    return config.parse(cfg)
 
 
 def _child_load(spec: dict) -> dict:
     import jax
 
-    from ml_practical import data, train  # noqa: F401
+    from ml_practical import data, loop  # noqa: F401
 
     jax.devices()
     data.load_dataset(_config(spec).data)
@@ -78,12 +79,12 @@ def _child_load(spec: dict) -> dict:
 
 
 def _child_fit(spec: dict) -> dict:
-    from ml_practical import train
+    from ml_practical import loop
 
     cfg = _config(spec)
-    placement_used = cfg.data.placement if "placement" in cfg.data else None
+    placement_used = cfg.data.placement
     with tempfile.TemporaryDirectory() as workdir:
-        summary = train.fit(cfg, workdir)
+        summary = loop.fit(cfg, workdir).summary
     info = summary["dataset"]
     n_rows = info["num_train"] + info["num_val"] + info["num_test"]
     image_bytes = n_rows * math.prod(info["image_shape"]) * 4  # float32 after normalization

@@ -1,4 +1,4 @@
-"""S seeds of the MNIST MLP: one after the other (`train.fit`'s epoch) vs one vmapped program, interleaved.
+"""S seeds of the MNIST MLP: one after the other (`loop.fit`'s epoch) vs one vmapped program, interleaved.
 
 Run:  python -m benchmarks.seeds --seeds=4 [--rounds=3] [--data_dir=/work/shared/data/mnist]
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from experiments.configs import mnist_mlp
 from ml_practical import data as data_lib
-from ml_practical import multiseed
+from ml_practical import config, loop, multiseed
 
 
 def random_mnist(seed: int = 0) -> data_lib.Dataset:
@@ -55,18 +55,16 @@ def main():
     cfg = mnist_mlp.get_config()
     cfg.train.num_epochs = args.rounds + 1
     cfg.train.progress = "never"
-    if "placement" in cfg.data:
-        cfg.data.placement = "device"
+    cfg.data.placement = "device"
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
-        dataset = data_lib.load_dataset(cfg.data)
-    else:
-        dataset = random_mnist()
+    cfg = config.parse(cfg)
+    dataset = data_lib.load_dataset(cfg.data) if args.data_dir else random_mnist()
     seeds = list(range(args.seeds))
     group = multiseed.build_seed_group(cfg, seeds, dataset=dataset)
     exp = group.exp
     # Sequential: the same compiled epoch and evaluation, one Experiment view per seed.
-    runs = [dataclasses.replace(exp, cfg=multiseed.with_seed(cfg, s)) for s in seeds]
+    runs = [dataclasses.replace(exp, cfg=loop.with_seed(cfg, s)) for s in seeds]
     seq_states = [r.init_state() for r in runs]
     vmap_states = group.init_states()
 

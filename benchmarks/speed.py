@@ -6,7 +6,7 @@ Run:  python -m benchmarks.speed [--batch_sizes=128,1024] [--variants=plain,bn,.
 What is timed (784-512-256-10 MLP of experiments/configs/mnist_mlp.py, Adam 1e-3, no L2, no
 clipping, no label smoothing unless the variant says so; random MNIST-shaped data, 60,000 rows,
 since throughput does not depend on pixel values):
-  JAX train  one whole epoch as `fit` runs it: `train.run_epoch` over the unguarded epoch of
+  JAX train  one whole epoch as `loop.fit` runs it: `train.replay_if_nonfinite` over the unguarded epoch of
              `train.make_train_epoch` (a jitted lax.scan over device-resident batches), replayed
              with the non-finite guard only if a step was non-finite (never, here).
   JAX eval   `train.make_evaluate` over a 10,000-row split (MNIST's test size), three times.
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import mnist_mlp
-from ml_practical import models, optim, train
+from ml_practical import config, optim, tasks, train
 
 # "recipe" is the chapter's production recipe (BatchNorm, dropout 0.2, coupled L2, global-norm
 # clipping, label smoothing). "sampler" is `layers.Dropout.sampler`; a ":threefry16" row is
@@ -101,7 +101,7 @@ def make_config(variant: str):
     cfg.model.dropout_sampler = v["sampler"]
     cfg.optim.l2, cfg.optim.clip = v["l2"], v["clip"]
     cfg.train.label_smoothing = v["label_smoothing"]
-    return cfg
+    return config.parse(cfg)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,13 +113,13 @@ class JaxTrainRow:
 
     def __init__(self, variant, batch_size, images, labels, seed=0):
         cfg = make_config(variant)
-        model = models.make_model(cfg.model)
+        model = cfg.model
         tx = optim.make_optimizer(cfg.optim)
         make = functools.partial(train.make_train_epoch, model, tx,
-                                 label_smoothing=cfg.train.label_smoothing)
+                                 task=tasks.Classification(cfg.train.label_smoothing))
         # As `fit` builds it with the guard configured (the default): an unguarded epoch that
         # keeps its input state, and the guarded replay, compiled only if ever needed.
-        self.epoch = functools.partial(train.run_epoch, make(skip_nonfinite=False, donate=False),
+        self.epoch = functools.partial(train.replay_if_nonfinite, make(skip_nonfinite=False, donate=False),
                                        make(skip_nonfinite=True))
         self.state = train.create_train_state(model, tx, jax.random.PRNGKey(seed), (28, 28, 1))
         n = len(labels)
@@ -142,7 +142,7 @@ class JaxTrainRow:
 class JaxEvalRow:
     def __init__(self, variant, batch_size, images, labels, seed=0):
         cfg = make_config(variant)
-        model = models.make_model(cfg.model)
+        model = cfg.model
         variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((2, 28, 28, 1)), train=False)
         self.params, self.batch_stats = variables["params"], variables.get("batch_stats", {})
         self.evaluate = train.make_evaluate(model, batch_size)

@@ -1,7 +1,8 @@
 """Train one config: python -m experiments.train --config=experiments/configs/mnist_mlp.py --workdir=...
 
 Any field can be overridden: --config.optim.learning_rate=3e-4 --config.model.norm=layer.
-The config is locked, so a misspelt field fails with a suggestion instead of being ignored.
+The whole config is checked before anything is written: a misspelt field (on the command line or
+in the file) or a bad value is refused in one line naming the field and what it allows.
 
 Several processes (hosts), data parallel over all their devices: run the same command on every
 host, adding where process 0 listens and which process this is,
@@ -21,14 +22,11 @@ events. With none of this given, the run is one process on this host's devices.
 import json
 import os
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
+from experiments import cli
 from ml_practical import distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; rerun to resume).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "host:port of process 0 in a multi-process run (default: $JAX_COORDINATOR_ADDRESS).")
@@ -40,36 +38,31 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "flags", ["flags", "auto"],
     "flags: join a cluster only if the three flags / variables above are given (else one "
     "process). auto: let jax.distributed detect the cluster (SLURM, Open MPI, Cloud TPU).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _from_env(value, name, kind=str):
-  if value is not None:
-    return value
-  text = os.environ.get(name)
-  return kind(text) if text not in (None, "") else None
+    if value is not None:
+        return value
+    text = os.environ.get(name)
+    return kind(text) if text not in (None, "") else None
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Before anything touches a device: the device list is fixed when the backend starts.
-  distributed.initialize(
-      _from_env(_COORDINATOR.value, "JAX_COORDINATOR_ADDRESS"),
-      _from_env(_NUM_PROCESSES.value, "JAX_NUM_PROCESSES", int),
-      _from_env(_PROCESS_ID.value, "JAX_PROCESS_ID", int),
-      auto_detect=_DISTRIBUTED.value == "auto")
-  from ml_practical import train  # after initialize; importing it starts no backend, but be safe
+    run = cli.start(argv, "experiments.train")
+    # Before anything touches a device: the device list is fixed when the backend starts.
+    distributed.initialize(
+        _from_env(_COORDINATOR.value, "JAX_COORDINATOR_ADDRESS"),
+        _from_env(_NUM_PROCESSES.value, "JAX_NUM_PROCESSES", int),
+        _from_env(_PROCESS_ID.value, "JAX_PROCESS_ID", int),
+        auto_detect=_DISTRIBUTED.value == "auto")
+    from ml_practical import loop  # after initialize; importing it starts no backend, but be safe
 
-  # orbax logs every save at INFO through absl; keep the terminal for the progress bar.
-  logging.set_verbosity(logging.WARNING)
-  summary = train.fit(_CONFIG.value, _WORKDIR.value)
-  summary.pop("final_state", None)
-  if distributed.is_primary():
-    keys = ("test/accuracy", "test/loss", "best_epoch", "epochs_run", "stop_reason",
-            "wall_time_s")
-    print(json.dumps({k: summary[k] for k in keys}))
+    result = loop.fit(run.cfg, run.workdir)
+    if distributed.is_primary():
+        keys = ("test/accuracy", "test/loss", "best_epoch", "epochs_run", "stop_reason",
+                "wall_time_s")
+        print(json.dumps({k: result.summary[k] for k in keys if k in result.summary}))
 
 
 if __name__ == "__main__":
-  app.run(main)
+    cli.run(main)

@@ -245,13 +245,12 @@ def random_rotation(key: Array, images: Array, max_degrees: float = 10.0,
     2003, "Best Practices for Convolutional Neural Networks Applied to Visual Document Analysis").
 
     Args:
-      key: PRNG key.
-      images: (N, H, W, C) batch.
+      key, images: the PRNG key and the (N, H, W, C) batch.
       max_degrees: the largest angle in degrees, >= 0.
-      fill: "min" (per-image, per-channel minimum) or "edge" (nearest border pixel).
+      fill: as in `rotate_images` ("min" or "edge").
 
     Returns:
-      The rotated batch, same shape and dtype.
+      The rotated batch (shape and dtype of `images`).
     """
     n, _, _, _ = _check_images(images)
     if max_degrees < 0:

@@ -50,24 +50,18 @@ import warnings
 from typing import Any, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from ml_practical import distributed
-from ml_practical import early_stopping as es_lib
 from ml_practical import run_files
+from ml_practical.config import Config
 
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml_practical")
 
 
 class CheckpointDamageWarning(UserWarning):
     """A checkpoint step was found damaged and skipped."""
-
-
-def make_early_stopping(cfg_es: ml_collections.ConfigDict) -> es_lib.EarlyStopping:
-    """`EarlyStopping` from the `cfg.early_stopping` section (every field passed through)."""
-    return es_lib.EarlyStopping(**dict(cfg_es))
 
 
 def library_versions() -> dict[str, str]:
@@ -121,23 +115,16 @@ class RunCheckpointer:
 
     Args:
       directory: where the steps live (`<workdir>/checkpoints`).
-      cfg: the resolved config, stored in every step's metadata.
-      monitor / mode: the early-stopping metric, recorded with each step.
-      keep_latest / keep_best: the two retention sets (defaults from `cfg.checkpoint`).
+      cfg: the parsed config: stored in every step's metadata; `cfg.checkpoint` gives the two
+        retention sets and `cfg.early_stopping.monitor` the metric recorded with each step.
     """
 
-    def __init__(self, directory: os.PathLike, cfg: ml_collections.ConfigDict, *,
-                 monitor: str, mode: str, keep_latest: int | None = None,
-                 keep_best: int | None = None):
-        ckpt_cfg = cfg.get("checkpoint", ml_collections.ConfigDict())
-        self.keep_latest = keep_latest if keep_latest is not None else ckpt_cfg.get("keep_latest", 2)
-        self.keep_best = keep_best if keep_best is not None else ckpt_cfg.get("keep_best", 1)
-        if self.keep_latest < 1 or self.keep_best < 1:
-            raise ValueError(f"checkpoint.keep_latest / checkpoint.keep_best must be >= 1, got "
-                             f"{self.keep_latest} / {self.keep_best}")
+    def __init__(self, directory: os.PathLike, cfg: Config):
+        self.keep_latest = cfg.checkpoint.keep_latest
+        self.keep_best = cfg.checkpoint.keep_best
         self.directory = pathlib.Path(directory).absolute()
         self.cfg_json = run_files.to_jsonable(cfg)
-        self.monitor, self.mode = monitor, mode
+        self.monitor, self.mode = cfg.early_stopping.monitor, cfg.early_stopping.mode
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -160,9 +147,15 @@ class RunCheckpointer:
 
     # Saving ---------------------------------------------------------------------------------------
     def save(self, epoch: int, state: Any, early_stopping: Mapping[str, Any],
-             record: Mapping[str, Any], consecutive_skips: int = 0) -> None:
-        """Saves epoch `epoch` (blocking; atomic: orbax writes a temporary dir, then renames)."""
-        improved = early_stopping.get("best_epoch") == epoch
+             record: Mapping[str, Any], consecutive_skips: int = 0, *,
+             improved: bool | None = None) -> None:
+        """Saves epoch `epoch` (blocking; atomic: orbax writes a temporary dir, then renames).
+
+        `improved`: whether this epoch is the run's new best (default: early stopping's
+        `best_epoch == epoch`; the loop passes True for every epoch when early stopping is off).
+        """
+        if improved is None:
+            improved = early_stopping.get("best_epoch") == epoch
         meta = {
             "epoch": epoch,
             "data_position": {"next_epoch": epoch + 1, "steps_done": int(state.step)},

@@ -31,49 +31,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-# The one environment variable the package reads (STYLE.md section 1): the IDX data directory.
-DATA_DIR_ENV = "ML_PRACTICAL_DATA_DIR"
-
-SOURCES = ("digits", "idx", "tfds")
-NORMALIZATIONS = ("global", "none", "per_pixel")
-
-# cfg.data fields and the values used when a config leaves one out. `source` has no default.
-DATA_DEFAULTS: dict[str, Any] = {
-    "data_dir": None,        # idx: directory; tfds: TFDS data_dir (None = TFDS's own default)
-    "tfds_name": "mnist",    # tfds: dataset name, e.g. "mnist", "fashion_mnist"
-    "download": False,       # tfds: allow download_and_prepare (network) when not prepared
-    "val_size": 5000,        # int count or float fraction (0, 1) of the train split
-    "split_seed": 0,         # seed of the train/val permutation
-    "normalize": "global",   # "global" | "per_pixel" | "none"
-    "limit_train": 0,        # keep at most this many training examples (0 = all)
-    "num_classes": 0,        # 0 = from the source (tfds metadata, digits: 10, idx: max label + 1)
-}
-
-# cfg.data fields about where the training set lives, read by `input_pipeline` (which holds their
-# defaults and checks them); `load_dataset` accepts and ignores them.
-PLACEMENT_FIELDS = ("placement", "device_budget_mb", "chunk_steps")
-
-# IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); multi-byte types are
-# big-endian.
-_IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_IDX_CODES: dict[np.dtype, int] = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
-
-# The four files of an IDX dataset, by role. Both the LeCun names and the common variant with a
-# dot (train-images.idx3-ubyte) are accepted, each raw or gzip-compressed.
-_IDX_STEMS = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-
+from ml_practical.config import DataConfig
+from ml_practical.idx import (DATA_DIR_ENV, RawSplits, load_idx_dir, read_idx,  # noqa: F401
+                              resolve_data_dir, write_idx)
 
 # --------------------------------------------------------------------------- the dataset
 
@@ -120,178 +80,6 @@ class Dataset:
             "norm_mean": float(mean.mean()),
             "norm_std": float(std.mean()),
         }
-
-
-class RawSplits(NamedTuple):
-    """What a source returns before splitting and normalization.
-
-    `scale` maps raw pixel values to [0, 1] (255 for uint8 images, 16 for sklearn digits, 1 when
-    the values are already real numbers). `num_classes` is None when the source does not say.
-    """
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    name: str
-    scale: float
-    num_classes: int | None
-
-
-# --------------------------------------------------------------------------- IDX files
-
-
-def _read_bytes(path: str) -> bytes:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"IDX file {path}: no such file")
-    with open(path, "rb") as f:
-        buf = f.read()
-    if not path.endswith(".gz"):
-        return buf
-    try:
-        return gzip.decompress(buf)
-    # BadGzipFile (bad header, CRC or length check), EOFError (cut short), zlib.error (bad data).
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"IDX file {path}: corrupt gzip stream ({type(e).__name__}: {e}); "
-                         f"re-download or re-compress the file") from e
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Reads one IDX file (the MNIST format), gzip-compressed if the name ends in ".gz".
-
-    Layout: 2 zero bytes, a type code (0x08 ubyte, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32,
-    0x0E float64; big-endian), the number of dimensions d, then d big-endian uint32 sizes, then
-    exactly prod(sizes) items. Anything else (bad magic, unknown type, a payload that is short or
-    has trailing bytes, a corrupt gzip stream) raises ValueError naming the file.
-
-    Args:
-      path: the file.
-
-    Returns:
-      A writable array in native byte order with the file's dtype and shape.
-    """
-    path = os.fspath(path)
-    buf = _read_bytes(path)
-    if len(buf) < 4:
-        raise ValueError(f"IDX file {path}: {len(buf)} bytes, too short for the 4-byte magic")
-    if buf[0] != 0 or buf[1] != 0:
-        hint = (" (it looks gzip-compressed: give it a .gz suffix)"
-                if buf[:2] == b"\x1f\x8b" else "")
-        raise ValueError(f"IDX file {path}: bad magic {buf[:4].hex()}; the first two bytes must "
-                         f"be zero{hint}")
-    code, ndim = buf[2], buf[3]
-    if code not in _IDX_DTYPES:
-        allowed = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-        raise ValueError(f"IDX file {path}: unknown type code 0x{code:02X}; expected one of "
-                         f"[{allowed}]")
-    if ndim < 1:
-        raise ValueError(f"IDX file {path}: ndim is 0; expected >= 1")
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise ValueError(f"IDX file {path}: header needs {header} bytes for {ndim} dimensions "
-                         f"but the file has {len(buf)}")
-    shape = tuple(int(d) for d in np.frombuffer(buf, ">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[code]
-    expected = math.prod(shape) * dtype.itemsize
-    got = len(buf) - header
-    if got != expected:
-        what = "truncated" if got < expected else "trailing bytes"
-        raise ValueError(f"IDX file {path}: {what}: shape {shape} of {dtype.newbyteorder('=')} "
-                         f"needs {expected} payload bytes but the file has {got}")
-    arr = np.frombuffer(buf, dtype, count=math.prod(shape), offset=header).reshape(shape)
-    return arr.astype(dtype.newbyteorder("="))  # native order, and a writable copy
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Writes `array` as an IDX file (gzip-compressed if the name ends in ".gz"); see `read_idx`.
-
-    Args:
-      path: destination.
-      array: uint8, int8, int16, int32, float32 or float64, with 1 to 255 dimensions.
-    """
-    path = os.fspath(path)
-    array = np.asarray(array)
-    native = array.dtype.newbyteorder("=")
-    if native not in _IDX_CODES:
-        allowed = sorted(str(d) for d in _IDX_CODES)
-        raise ValueError(f"write_idx {path}: dtype {array.dtype} has no IDX type code; expected "
-                         f"one of {allowed}")
-    if not 1 <= array.ndim <= 255 or any(d >= 2**32 for d in array.shape):
-        raise ValueError(f"write_idx {path}: shape {array.shape}; IDX needs 1..255 dimensions "
-                         f"each < 2**32")
-    code = _IDX_CODES[native]
-    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    payload = np.ascontiguousarray(array, _IDX_DTYPES[code]).tobytes()
-    if path.endswith(".gz"):
-        # mtime=0: the same array always gives the same bytes.
-        with gzip.GzipFile(path, "wb", mtime=0) as f:
-            f.write(header + payload)
-    else:
-        with open(path, "wb") as f:
-            f.write(header + payload)
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
-    """`data_dir`, or $ML_PRACTICAL_DATA_DIR when it is empty; FileNotFoundError if no dir."""
-    source = "data.data_dir"
-    if data_dir is None or os.fspath(data_dir) == "":
-        data_dir, source = os.environ.get(DATA_DIR_ENV, ""), f"${DATA_DIR_ENV}"
-        if not data_dir:
-            raise FileNotFoundError(
-                f"data.data_dir is empty and {DATA_DIR_ENV} is not set: point one of them at a "
-                f"directory holding {', '.join(s + '.gz' for s in _IDX_STEMS.values())}")
-    data_dir = os.path.expanduser(os.fspath(data_dir))
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(
-            f"IDX data directory {data_dir} (from {source}) does not exist; set data.data_dir or "
-            f"{DATA_DIR_ENV} to a directory holding the MNIST-format files")
-    return data_dir
-
-
-def _find_idx_file(data_dir: str, stem: str) -> str:
-    dotted = stem.replace("-idx", ".idx")
-    candidates = [stem, stem + ".gz", dotted, dotted + ".gz"]
-    for name in candidates:
-        path = os.path.join(data_dir, name)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f"IDX data directory {data_dir}: none of {candidates} exists "
-                            f"(found: {sorted(os.listdir(data_dir))[:10]})")
-
-
-def load_idx_dir(data_dir: str | os.PathLike | None = None) -> RawSplits:
-    """Reads the four MNIST-format files of a directory (raw or .gz).
-
-    Args:
-      data_dir: the directory; None or "" falls back to $ML_PRACTICAL_DATA_DIR.
-
-    Returns:
-      RawSplits with images (N, H, W) and labels (N,) as stored (uint8 for MNIST); `scale` is 255
-      for uint8 images and 1 otherwise; `num_classes` None (the files do not say).
-    """
-    data_dir = resolve_data_dir(data_dir)
-    paths = {role: _find_idx_file(data_dir, stem) for role, stem in _IDX_STEMS.items()}
-    arrays = {role: read_idx(p) for role, p in paths.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        ipath, lpath = paths[f"{split}_images"], paths[f"{split}_labels"]
-        if images.ndim != 3:
-            raise ValueError(f"IDX file {ipath}: images have shape {images.shape}; expected 3 "
-                             f"dimensions (N, H, W)")
-        if labels.ndim != 1:
-            raise ValueError(f"IDX file {lpath}: labels have shape {labels.shape}; expected 1 "
-                             f"dimension (N,)")
-        if len(images) != len(labels):
-            raise ValueError(f"IDX {split} split: {ipath} has {len(images)} images but {lpath} "
-                             f"has {len(labels)} labels")
-    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
-        raise ValueError(f"IDX data directory {data_dir}: train images are "
-                         f"{arrays['train_images'].shape[1:]} but test images are "
-                         f"{arrays['test_images'].shape[1:]}")
-    scale = 255.0 if arrays["train_images"].dtype == np.uint8 else 1.0
-    name = os.path.basename(os.path.normpath(data_dir))
-    return RawSplits(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                     arrays["test_labels"], name=name, scale=scale, num_classes=None)
 
 
 # --------------------------------------------------------------------------- embedded and TFDS
@@ -369,22 +157,6 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None,
 # --------------------------------------------------------------------------- load_dataset
 
 
-def _data_fields(cfg_data: Any) -> dict[str, Any]:
-    if hasattr(cfg_data, "to_dict"):  # ml_collections.ConfigDict: resolves field references
-        raw = cfg_data.to_dict()
-    elif isinstance(cfg_data, Mapping):
-        raw = dict(cfg_data)
-    else:
-        raise TypeError(f"data config: expected a ConfigDict or mapping, got {type(cfg_data)}")
-    known = {"source", *DATA_DEFAULTS, *PLACEMENT_FIELDS}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"data: unknown field(s) {unknown}; expected among {sorted(known)}")
-    if "source" not in raw:
-        raise ValueError(f"data.source: missing; expected one of {list(SOURCES)}")
-    return {**DATA_DEFAULTS, **raw}
-
-
 def _check_labels(labels: np.ndarray, split: str, num_classes: int) -> np.ndarray:
     if labels.ndim != 1:
         raise ValueError(f"data: {split} labels have shape {labels.shape}; expected (N,)")
@@ -453,13 +225,14 @@ def _readonly(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def load_dataset(cfg_data: Any) -> Dataset:
-    """Loads cfg.data's source, carves a seeded validation split, and normalizes with train stats.
+def load_dataset(cfg_data: DataConfig) -> Dataset:
+    """Loads the data section's source, carves a seeded validation split, normalizes with train stats.
 
-    Fields of cfg.data (defaults in `DATA_DEFAULTS`): source ("digits" | "idx" | "tfds"),
-    data_dir, tfds_name, download, val_size (int count or float fraction of the train split, > 0),
-    split_seed, normalize ("global": scalar mean/std; "per_pixel": one mean/std per pixel and
-    channel; "none"), limit_train (0 = all), num_classes (0 = from the source).
+    The fields (`config.DataConfig`): source ("digits" | "idx" | "tfds"), data_dir, tfds_name,
+    download, val_size (int count or float fraction of the train split), split_seed, normalize
+    ("global": scalar mean/std; "per_pixel": one mean/std per pixel and channel; "none"),
+    limit_train (0 = all), num_classes (0 = from the source). The placement fields are
+    `input_pipeline`'s.
 
     Order: labels are checked on the source's train / test splits; a permutation from
     `split_seed` sends val_size train examples to validation (both parts keep the file order);
@@ -467,23 +240,20 @@ def load_dataset(cfg_data: Any) -> Dataset:
     (mean, std) come from that final train part alone and are applied to all three splits.
 
     Args:
-      cfg_data: ml_collections.ConfigDict (cfg.data) or a mapping with the fields above.
+      cfg_data: the data section.
 
     Returns:
       A Dataset with read-only arrays.
     """
-    f = _data_fields(cfg_data)
+    if not isinstance(cfg_data, DataConfig):
+        raise TypeError(f"data: expected an ml_practical.config.DataConfig, got "
+                        f"{type(cfg_data).__name__}")
+    f = {fld.name: getattr(cfg_data, fld.name) for fld in dataclasses.fields(cfg_data)}
     source = f["source"]
-    if source not in SOURCES:
-        raise ValueError(f"data.source: unknown {source!r}; expected one of {list(SOURCES)}")
-    if f["normalize"] not in NORMALIZATIONS:
-        raise ValueError(f"data.normalize: unknown {f['normalize']!r}; expected one of "
-                         f"{list(NORMALIZATIONS)}")
-    for field in ("split_seed", "limit_train", "num_classes"):
-        v = f[field]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"data.{field}: {v!r}; expected an integer >= 0")
 
+    if source == "arrays":
+        raise ValueError("data.source: 'arrays' means the caller passes the Dataset (loop.fit("
+                         "..., dataset=...)); there is nothing to load")
     if source == "digits":
         raw = load_digits()
     elif source == "idx":

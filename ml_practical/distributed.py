@@ -2,7 +2,7 @@
 
 JAX's multi-controller model: every process runs the same program, sees every device of the job in
 `jax.devices()` but owns only `jax.local_devices()`, and every array a jitted function receives is
-a *global* `jax.Array` whose shards live on the devices of all processes. `train.fit` needs four
+a *global* `jax.Array` whose shards live on the devices of all processes. `loop.fit` needs four
 things from this module:
 
 * `initialize` joins the cluster (`jax.distributed.initialize`) before any JAX computation;

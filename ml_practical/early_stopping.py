@@ -62,32 +62,14 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
+
+from ml_practical.config import ConfigError, check_fields, field
 
 import numpy as np
 
-MODES = ("max", "min")
+MONITOR_MODES = ("max", "min")
 STOP_REASONS = ("diverged", "non_finite", "patience")
-
-
-def _check_int(field: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    # bool is an int subclass; True as a patience is a config mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"EarlyStopping.{field}: {value!r}; expected an integer >= 0{extra}")
-
-
-def _check_float(field: str, value: Any, *, allow_none: bool, nonnegative: bool) -> None:
-    if value is None and allow_none:
-        return
-    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
-          and math.isfinite(value) and (value >= 0 or not nonnegative))
-    if not ok:
-        what = "a finite number >= 0" if nonnegative else "a finite number"
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"EarlyStopping.{field}: {value!r}; expected {what}{extra}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +154,9 @@ class EarlyStoppingState:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EarlyStopping:
-    """Options of the patience rule (chapter 12.6.2); see the module docstring for semantics.
+    """Options of the patience rule (chapter 12.6.2), and the `early_stopping` config section.
+
+    See the module docstring for the semantics.
 
     Attributes:
       monitor: metric key, e.g. "val/loss" or "val/accuracy".
@@ -185,29 +169,31 @@ class EarlyStopping:
       start_from_epoch: evaluations at epochs below this are warm-up (not monitored, except that
         NaN/Inf still stops).
       divergence_threshold: optional; a finite value worse than it stops with "diverged".
+      enabled: False switches the rule off for the training loop (`ml_practical.loop`): nothing
+        stops the run before its epoch budget but non-finite steps, and the last state is the one
+        restored and tested. `update` itself ignores this field.
     """
 
+    section: ClassVar[str] = "early_stopping"
     monitor: str
-    mode: str
-    patience: int | None
-    min_delta: float = 0.0
+    mode: str = field(choices=MONITOR_MODES)
+    patience: int | None = field(ge=0)
+    min_delta: float = field(0.0, ge=0)
     baseline: float | None = None
-    start_from_epoch: int = 0
+    start_from_epoch: int = field(0, ge=0)
     divergence_threshold: float | None = None
+    enabled: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.monitor, str) or not self.monitor:
-            raise ValueError(f"EarlyStopping.monitor: {self.monitor!r}; expected a non-empty "
-                             "metric key such as 'val/loss'")
-        if self.mode not in MODES:
-            raise ValueError(f"EarlyStopping.mode: unknown {self.mode!r}; expected one of "
-                             f"{list(MODES)} (it is never guessed from the metric name)")
-        _check_int("patience", self.patience, allow_none=True)
-        _check_float("min_delta", self.min_delta, allow_none=False, nonnegative=True)
-        _check_float("baseline", self.baseline, allow_none=True, nonnegative=False)
-        _check_int("start_from_epoch", self.start_from_epoch)
-        _check_float("divergence_threshold", self.divergence_threshold, allow_none=True,
-                     nonnegative=False)
+        check_fields(self, self.section)
+        if not self.monitor:
+            raise ConfigError(f"early_stopping.monitor: {self.monitor!r}; expected a non-empty "
+                              "metric key such as 'val/loss'")
+        for name in ("baseline", "divergence_threshold"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"early_stopping.{name}: {value!r}; expected a finite number "
+                                  "or None")
 
     def initial_state(self) -> EarlyStoppingState:
         """Returns the state before any evaluation (the chapter's best = inf, wait = 0)."""

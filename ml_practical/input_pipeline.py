@@ -18,7 +18,7 @@ Two ways to get an epoch's batches to the devices, chosen by `cfg.data.placement
 Decisions:
 
 * The host epoch (`make_streamed_epoch`) has the device epoch's signature, (state, images, labels,
-  batch_idx) -> (state, per-step metrics), so `train.run_epoch` serves both: the non-finite guard
+  batch_idx) -> (state, per-step metrics), so `train.replay_if_nonfinite` serves both: the non-finite guard
   keeps its semantics, an unguarded pass and, if any step flagged "nonfinite", a guarded replay of
   the whole epoch (re-streamed from the host) from the kept start state. Replaying the epoch, not
   the chunk, keeps the result equal to the device mode's bit for bit (a guarded step and an
@@ -56,15 +56,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-PLACEMENTS = ("auto", "device", "host")
-
-# cfg.data fields read here (not by `data.load_dataset`), and the values used when a config leaves
-# one out. The configs (experiments/configs/mnist_mlp.py) state the same values.
-PIPELINE_DEFAULTS: dict[str, Any] = {
-    "placement": "auto",       # "auto" | "device" | "host"
-    "device_budget_mb": 1024.0,  # MiB per device the training set may take in "auto"
-    "chunk_steps": 32,         # host mode: training steps gathered and transferred per chunk
-}
+from ml_practical.config import DataConfig
 
 PREFETCH_DEPTH = 2
 
@@ -92,41 +84,23 @@ class InputPlacement:
         return dataclasses.asdict(self)
 
 
-def _field(cfg_data: Any, name: str) -> Any:
-    getter = getattr(cfg_data, "get", None)
-    return getter(name, PIPELINE_DEFAULTS[name]) if getter else PIPELINE_DEFAULTS[name]
-
-
-def resolve_placement(cfg_data: Any, train_bytes: int) -> InputPlacement:
-    """Validates cfg.data's placement fields and resolves "auto" against the training set's size.
+def resolve_placement(cfg_data: DataConfig, train_bytes: int) -> InputPlacement:
+    """Resolves `data.placement` "auto" against the training set's size.
 
     Args:
-      cfg_data: cfg.data (ConfigDict or mapping); missing fields take `PIPELINE_DEFAULTS`.
+      cfg_data: the data section (its placement fields are checked by `config.DataConfig`).
       train_bytes: the training set's size in bytes (`train_x.nbytes + train_y.nbytes`).
 
     Returns:
       An `InputPlacement`; "auto" is "device" iff train_bytes <= device_budget_mb * 2**20.
-
-    Raises:
-      ValueError: a field out of range, naming the field and the allowed values.
     """
-    requested = _field(cfg_data, "placement")
-    if requested not in PLACEMENTS:
-        raise ValueError(f"data.placement: unknown {requested!r}; expected one of "
-                         f"{list(PLACEMENTS)}")
-    budget = _field(cfg_data, "device_budget_mb")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.number)) or not (
-            budget >= 0):
-        raise ValueError(f"data.device_budget_mb: {budget!r}; expected a number >= 0 (MiB)")
-    chunk = _field(cfg_data, "chunk_steps")
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"data.chunk_steps: {chunk!r}; expected an integer >= 1")
-    budget_bytes = int(budget * 2**20)
-    placement = requested
-    if requested == "auto":
+    budget_bytes = int(cfg_data.device_budget_mb * 2**20)
+    placement = cfg_data.placement
+    if placement == "auto":
         placement = "device" if train_bytes <= budget_bytes else "host"
-    return InputPlacement(requested=requested, placement=placement, train_bytes=int(train_bytes),
-                          budget_bytes=budget_bytes, chunk_steps=int(chunk))
+    return InputPlacement(requested=cfg_data.placement, placement=placement,
+                          train_bytes=int(train_bytes), budget_bytes=budget_bytes,
+                          chunk_steps=int(cfg_data.chunk_steps))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,7 +231,7 @@ def make_streamed_epoch(train_chunk: Callable, mesh: Mesh, chunk_steps: int,
                         depth: int = PREFETCH_DEPTH) -> Callable:
     """Returns `epoch(state, images, labels, batch_idx) -> (state, metrics)` for host-resident data.
 
-    Same signature and result as `train.make_train_epoch`'s epoch, so `train.run_epoch` (the
+    Same signature and result as `train.make_train_epoch`'s epoch, so `train.replay_if_nonfinite` (the
     unguarded pass and guarded replay) and `Experiment` use either unchanged; the difference is that
     `images`/`labels` are numpy arrays on the host and the epoch runs as a sequence of chunks.
 

@@ -29,7 +29,8 @@ Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 
-__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "batch_norm_train"]
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "batch_norm_train",
+           "layer_norm", "group_norm", "instance_norm"]
 
 BN_BACKWARDS = ("autodiff", "manual")
 
@@ -337,15 +338,72 @@ class BatchNorm(nn.Module):
 # Per-sample normalizations: LayerNorm, GroupNorm, InstanceNorm
 # ---------------------------------------------------------------------------------------------
 
+LAYER_NORM_AXES = ("all", "features")
 
-class LayerNorm(nn.Module):
-    """Layer normalization (Ba et al., 2016), the chapter's Section 12.5.
 
-    For each sample, statistics over the last axis (the d features):
-      mu_i = (1/d) sum_j z_ij;  var_i = (1/d) sum_j (z_ij - mu_i)^2
-      y_ij = gamma_j * (z_ij - mu_i) / sqrt(var_i + eps) + beta_j
-    No batch dependence and no running statistics: `train` is accepted for a uniform call
-    signature and ignored.
+def layer_norm(x: Array, scale: Array | None, bias: Array | None, eps: float,
+               axes: str = "features") -> Array:
+    """LayerNorm (Ba et al. 2016): per sample, y = gamma (x - mu) / sqrt(var + eps) + beta.
+
+    Args:
+      x: input (N, ..., features).
+      scale, bias: gamma and beta of shape (features,), or None.
+      eps: added to the variance.
+      axes: "features" (statistics over the last axis: the Transformer / MLP form) or "all"
+        (over every non-batch axis: C, H, W for images).
+
+    Returns:
+      float32 (or wider) array like x.
+    """
+    reduce = (x.ndim - 1,) if axes == "features" else tuple(range(1, x.ndim))
+    mean, var = _moments(x, reduce, keepdims=True)
+    return _normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
+
+
+def group_norm(x: Array, num_groups: int, scale: Array | None, bias: Array | None,
+               eps: float) -> Array:
+    """GroupNorm (Wu & He 2018): per sample and group of C / G contiguous features (and H, W).
+
+    Args:
+      x: input (N, ..., C) with C divisible by `num_groups`.
+      num_groups: G; G = 1 is LayerNorm over all non-batch axes, G = C is InstanceNorm.
+      scale, bias: gamma and beta of shape (C,), or None.
+      eps: added to the variance.
+
+    Returns:
+      float32 (or wider) array like x.
+    """
+    features = x.shape[-1]
+    grouped = x.reshape(x.shape[:-1] + (num_groups, features // num_groups))
+    # Reduce over every non-batch axis except the group index (second to last).
+    axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+    mean, var = _moments(grouped, axes, keepdims=True)
+    # Back to (N, ..., 1, G, 1) -> broadcast per feature by repeating each group's stat.
+    mean = jnp.repeat(mean, features // num_groups, axis=-1).reshape(mean.shape[:-2] + (features,))
+    var = jnp.repeat(var, features // num_groups, axis=-1).reshape(var.shape[:-2] + (features,))
+    return _normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
+
+
+def instance_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) -> Array:
+    """InstanceNorm (Ulyanov et al. 2016): per sample and channel, over the spatial axes.
+
+    Args:
+      x: input (N, *spatial, C) with at least one spatial axis.
+      scale, bias: gamma and beta of shape (C,), or None.
+      eps: added to the variance.
+
+    Returns:
+      float32 (or wider) array like x.
+    """
+    mean, var = _moments(x, tuple(range(1, x.ndim - 1)), keepdims=True)
+    return _normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
+
+
+class _PerSampleNorm(nn.Module):
+    """The fields and the call shared by LayerNorm, GroupNorm and InstanceNorm.
+
+    No batch dependence and no running statistics: `train` is accepted for the uniform call
+    signature and ignored. Subclasses implement `_check_input` and `_apply`.
 
     Attributes:
       epsilon: added to the variance, > 0.
@@ -363,30 +421,59 @@ class LayerNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
-        _check_epsilon("LayerNorm", self.epsilon)
+        _check_epsilon(type(self).__name__, self.epsilon)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
-        """Normalizes each sample of `x` (shape (..., features)) over its last axis.
+        """Normalizes `x` (N, ..., features); the same in training and evaluation.
 
         Args:
-          x: input of shape (..., features).
-          train: ignored; LayerNorm acts the same in training and evaluation.
+          x: input of shape (N, ..., features).
+          train: ignored.
 
         Returns:
           An array of the same shape as `x`.
         """
         del train
-        mean, var = _moments(x, (x.ndim - 1,), keepdims=True)
+        self._check_input(x)
         scale, bias = _scale_and_bias(self, x.shape[-1])
         out_dtype = _output_dtype(self.dtype, x, scale, bias)
-        x32 = x.astype(mean.dtype)
-        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+        return self._apply(x, scale, bias).astype(out_dtype)
+
+    def _check_input(self, x: Array) -> None:
+        pass
+
+    def _apply(self, x: Array, scale: Array | None, bias: Array | None) -> Array:
+        raise NotImplementedError
 
 
-class GroupNorm(nn.Module):
-    """Group normalization (Wu & He, 2018).
+class LayerNorm(_PerSampleNorm):
+    """Layer normalization (Ba et al., 2016), the chapter's Section 12.5: `layer_norm`.
+
+    For each sample, statistics over the last axis (axes="features", the d features):
+      mu_i = (1/d) sum_j z_ij;  var_i = (1/d) sum_j (z_ij - mu_i)^2
+      y_ij = gamma_j * (z_ij - mu_i) / sqrt(var_i + eps) + beta_j
+    or over every non-batch axis (axes="all": C, H, W of an image), gamma and beta per feature.
+
+    Attributes:
+      axes: "features" or "all" (see above); the other fields are `_PerSampleNorm`'s.
+    """
+
+    axes: str = "features"
+
+    def __post_init__(self):
+        if self.axes not in LAYER_NORM_AXES:
+            raise ValueError(f"LayerNorm.axes: unknown {self.axes!r}; expected one of "
+                             f"{list(LAYER_NORM_AXES)}")
+        super().__post_init__()
+
+    def _apply(self, x, scale, bias):
+        return layer_norm(x, scale, bias, self.epsilon, self.axes)
+
+
+class GroupNorm(_PerSampleNorm):
+    """Group normalization (Wu & He, 2018): `group_norm`.
 
     The C features (last axis) are split into G = `num_groups` contiguous groups of C/G. For each
     sample and group, statistics over all non-batch axes within the group (e.g. H, W and the C/G
@@ -395,40 +482,17 @@ class GroupNorm(nn.Module):
 
     Attributes:
       num_groups: number of groups G; must divide the number of features.
-      epsilon: added to the variance, > 0.
-      use_scale, use_bias: learn gamma ("scale") / beta ("bias"), shape (features,).
-      scale_init, bias_init: their initializers.
-      dtype: output dtype (default: promotion of input and params); param_dtype: params' dtype.
     """
 
     num_groups: int = 32
-    epsilon: float = 1e-5
-    use_scale: bool = True
-    use_bias: bool = True
-    scale_init: Initializer = nn.initializers.ones
-    bias_init: Initializer = nn.initializers.zeros
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
         if not (isinstance(self.num_groups, int) and self.num_groups >= 1):
             raise ValueError(f"GroupNorm.num_groups: {self.num_groups!r} is not allowed; "
                              "expected a positive integer dividing the number of features")
-        _check_epsilon("GroupNorm", self.epsilon)
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
-        """Normalizes `x` of shape (N, ..., C) per sample and group.
-
-        Args:
-          x: input of shape (N, ..., C), rank >= 2, C divisible by `num_groups`.
-          train: ignored; GroupNorm acts the same in training and evaluation.
-
-        Returns:
-          An array of the same shape as `x`.
-        """
-        del train
+    def _check_input(self, x):
         if x.ndim < 2:
             raise ValueError(f"GroupNorm: input must have shape (N, ..., C); got shape {x.shape}")
         features = x.shape[-1]
@@ -436,69 +500,28 @@ class GroupNorm(nn.Module):
             divisors = [g for g in range(1, features + 1) if features % g == 0]
             raise ValueError(f"GroupNorm.num_groups: {self.num_groups} does not divide the "
                              f"{features} features; expected one of {divisors}")
-        grouped = x.reshape(x.shape[:-1] + (self.num_groups, features // self.num_groups))
-        # Reduce over every non-batch axis except the group index (second to last).
-        axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-        mean, var = _moments(grouped, axes, keepdims=True)
-        # Back to (N, ..., 1, G, 1) -> broadcast per feature by repeating each group's stat.
-        mean = jnp.repeat(mean, features // self.num_groups, axis=-1).reshape(
-            mean.shape[:-2] + (features,))
-        var = jnp.repeat(var, features // self.num_groups, axis=-1).reshape(
-            var.shape[:-2] + (features,))
-        scale, bias = _scale_and_bias(self, features)
-        out_dtype = _output_dtype(self.dtype, x, scale, bias)
-        x32 = x.astype(mean.dtype)
-        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+
+    def _apply(self, x, scale, bias):
+        return group_norm(x, self.num_groups, scale, bias, self.epsilon)
 
 
-class InstanceNorm(nn.Module):
+class InstanceNorm(_PerSampleNorm):
     """Instance normalization (Ulyanov et al., 2016), the style-transfer normalization.
 
     For each sample and channel, statistics over the spatial axes only: for (N, H, W, C) over H, W;
     for (N, L, C) over L. A rank-2 input (N, C) has no spatial axes, so it is rejected.
-    Equivalent to GroupNorm with num_groups = C.
-
-    Attributes:
-      epsilon: added to the variance, > 0.
-      use_scale, use_bias: learn gamma ("scale") / beta ("bias"), shape (features,).
-      scale_init, bias_init: their initializers.
-      dtype: output dtype (default: promotion of input and params); param_dtype: params' dtype.
+    Equivalent to GroupNorm with num_groups = C (`instance_norm`).
     """
 
-    epsilon: float = 1e-5
-    use_scale: bool = True
-    use_bias: bool = True
-    scale_init: Initializer = nn.initializers.ones
-    bias_init: Initializer = nn.initializers.zeros
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    def __post_init__(self):
-        _check_epsilon("InstanceNorm", self.epsilon)
-        super().__post_init__()
-
-    @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
-        """Normalizes `x` of shape (N, *spatial, C) per sample and channel.
-
-        Args:
-          x: input of shape (N, *spatial, C) with at least one spatial axis.
-          train: ignored; InstanceNorm acts the same in training and evaluation.
-
-        Returns:
-          An array of the same shape as `x`.
-        """
-        del train
+    def _check_input(self, x):
         if x.ndim < 3:
             raise ValueError(
                 f"InstanceNorm: input must have shape (N, *spatial, C) with at least one spatial "
                 f"axis; got shape {x.shape}. For (N, C) there is nothing to normalize over per "
                 "channel: use LayerNorm or BatchNorm instead")
-        mean, var = _moments(x, tuple(range(1, x.ndim - 1)), keepdims=True)
-        scale, bias = _scale_and_bias(self, x.shape[-1])
-        out_dtype = _output_dtype(self.dtype, x, scale, bias)
-        x32 = x.astype(mean.dtype)
-        return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(out_dtype)
+
+    def _apply(self, x, scale, bias):
+        return instance_norm(x, scale, bias, self.epsilon)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,14 +587,13 @@ class Dropout(nn.Module):
       "bernoulli" (default): `jax.random.bernoulli`, one Threefry evaluation per unit; p is
         resolved to 2^-23 (a float32 uniform). The same masks as flax.linen.Dropout for a key.
       "threefry16": four 16-bit uniforms per Threefry evaluation (`_threefry16_keep_mask`),
-        a quarter of the hashing. On a 2-core CPU the MNIST MLP's two masks at batch 128 take
-        0.20 ms instead of 0.51 ms, and a BatchNorm + dropout training step is 8% (batch 128)
-        to 10% (batch 1024) faster (benchmarks/README.md). Trade-off: the keep probability is
-        quantized to a multiple of 2^-16, p_q = round(p * 2^16) / 2^16 (rate 0.2 keeps with
-        0.8000031, not 0.8), and kept units are scaled by 1 / p_q, so E[output] = a exactly and
-        Var[output] = a^2 (1 - p_q) / p_q. Units within a group of four share one hash evaluation (disjoint bits of one 64-bit
-        output, independent as far as Threefry is a good pseudorandom function). The masks
-        differ from "bernoulli"'s for the same key, so runs are reproducible per sampler only.
+        a quarter of the hashing (its speed is measured in benchmarks/README.md). Trade-off: the
+        keep probability is quantized to a multiple of 2^-16, p_q = round(p * 2^16) / 2^16 (rate
+        0.2 keeps with 0.8000031, not 0.8), and kept units are scaled by 1 / p_q, so E[output] = a
+        exactly and Var[output] = a^2 (1 - p_q) / p_q. Units within a group of four share one hash
+        evaluation (disjoint bits of one 64-bit output, independent as far as Threefry is a good
+        pseudorandom function). The masks differ from "bernoulli"'s for the same key, so runs are
+        reproducible per sampler only.
 
     Attributes:
       rate: drop probability, in [0, 1). rate = 0 is the identity.

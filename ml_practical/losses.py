@@ -1,4 +1,4 @@
-"""Classification loss with label smoothing, accuracy, and the L1 / L2 / elastic-net weight penalties.
+"""Classification loss with label smoothing, and the L1 / L2 / elastic-net weight penalties.
 
 Everything here is a pure function of arrays or parameter pytrees, jittable except `check_labels`
 (host-side validation of data). Penalty coefficients follow one convention, shared with
@@ -68,19 +68,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
     """
     targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
-
-
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of rows whose argmax logit equals the label (ties go to the lowest index).
-
-    Args:
-      logits: [..., K].
-      labels: [...] integer class indices.
-
-    Returns:
-      Scalar float32 in [0, 1].
-    """
-    return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
 
 
 def check_labels(labels: Any, num_classes: int) -> None:

@@ -17,69 +17,53 @@ the optimizer and never in the loss. The order, and why:
   6. proximal L1 (l1_mode="proximal"): soft-threshold the new weights by lr_t * l1 (ISTA), which
      gives exact zeros where the subgradient only oscillates around zero.
 
-Every decay/penalty uses the project's mask (cfg.optim.decay_mask: "kernels" = leaves named
-"kernel", `ml_practical.losses.default_mask`; "all" = every leaf).
-
-cfg.optim fields (defaults in `OPTIM_DEFAULTS`; `name` and `learning_rate` are required):
-  name            "sgd" | "momentum" | "adam" | "adamw"; "adamw" is Adam plus the `weight_decay`
-                  field (it adds no decay of its own; "adam" with weight_decay > 0 is the same chain)
-  learning_rate   peak learning rate > 0
-  momentum        0.9, for "momentum" only; torch-style (dampening 0): v = g + m v, step -lr v
-  b1, b2, eps     0.9, 0.999, 1e-8, for "adam"/"adamw"
-  schedule        "constant" | "warmup_cosine"; both warm up linearly from 0 over warmup_steps
-  warmup_steps    0
-  end_lr_factor   0.0; warmup_cosine ends at learning_rate * end_lr_factor
-  clip            "none" | "value" | "global_norm"
-  clip_value      1.0 (tau), > 0
-  l2              0.0, coupled L2 coefficient (gradient l2 * w)
-  weight_decay    0.0, decoupled decay coefficient (step -lr_t * weight_decay * w)
-  l1              0.0, L1 coefficient (penalty l1 * sum |w|)
-  l1_mode         "subgradient" | "proximal"
-  decay_mask      "kernels" | "all"
+Every decay/penalty uses the project's mask (`decay_mask`: "kernels" = leaves named "kernel",
+`ml_practical.losses.default_mask`; "all" = every leaf). The fields, their defaults and allowed
+values are `ml_practical.config.OptimConfig`'s.
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from ml_practical.config import CLIPS, OptimConfig
 from ml_practical.losses import Mask, all_mask, default_mask, mask_tree
-
-OPTIMIZERS = ("adam", "adamw", "momentum", "sgd")
-SCHEDULES = ("constant", "warmup_cosine")
-CLIPS = ("global_norm", "none", "value")
-L1_MODES = ("proximal", "subgradient")
-DECAY_MASKS = ("all", "kernels")
-
-# Defaults for every optional cfg.optim field; experiments/configs should still spell them out.
-OPTIM_DEFAULTS: dict[str, Any] = {
-    "momentum": 0.9,
-    "b1": 0.9,
-    "b2": 0.999,
-    "eps": 1e-8,
-    "schedule": "constant",
-    "warmup_steps": 0,
-    "end_lr_factor": 0.0,
-    "clip": "none",
-    "clip_value": 1.0,
-    "l2": 0.0,
-    "weight_decay": 0.0,
-    "l1": 0.0,
-    "l1_mode": "subgradient",
-    "decay_mask": "kernels",
-}
-_REQUIRED = ("name", "learning_rate")
-_FIELDS = _REQUIRED + tuple(OPTIM_DEFAULTS)
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
 # --------------------------------------------------------------------------- custom transforms
+
+
+def clip_transform(kind: str, tau: float) -> optax.GradientTransformation:
+    """The clip of the chain for `clip` = kind and `clip_value` = tau (chapter 12.7).
+
+    Args:
+      kind: "none" (identity), "value" (optax.clip: each entry to [-tau, tau]) or "global_norm"
+        (optax.clip_by_global_norm: g * tau / ||g|| when ||g|| > tau, ||g|| over all leaves).
+      tau: the threshold, > 0.
+
+    Returns:
+      An optax.GradientTransformation.
+
+    Raises:
+      ValueError: unknown kind or tau <= 0.
+    """
+    if kind not in CLIPS:
+        raise ValueError(f"optim.clip: unknown {kind!r}; expected one of {sorted(CLIPS)}")
+    if not tau > 0:
+        raise ValueError(f"optim.clip_value: {tau!r}; expected a number > 0")
+    if kind == "value":
+        return optax.clip(tau)
+    if kind == "global_norm":
+        return optax.clip_by_global_norm(tau)
+    return optax.identity()
 
 
 def add_l1_subgradient(l1: float, mask: Mask | None = None) -> optax.GradientTransformation:
@@ -170,91 +154,18 @@ def proximal_l1(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-# --------------------------------------------------------------------------- config
-
-
-class _Optim(NamedTuple):
-    name: str
-    learning_rate: float
-    momentum: float
-    b1: float
-    b2: float
-    eps: float
-    schedule: str
-    warmup_steps: int
-    end_lr_factor: float
-    clip: str
-    clip_value: float
-    l2: float
-    weight_decay: float
-    l1: float
-    l1_mode: str
-    decay_mask: str
-
-
-def _get(cfg: Any, field: str) -> Any:
-    missing = object()
-    value = cfg.get(field, missing) if hasattr(cfg, "get") else getattr(cfg, field, missing)
-    if value is missing:
-        if field in _REQUIRED:
-            raise ValueError(f"optim.{field}: missing; it is required")
-        return OPTIM_DEFAULTS[field]
-    return value
-
-
-def _choice(cfg: Any, field: str, allowed: tuple[str, ...]) -> str:
-    value = _get(cfg, field)
-    if value not in allowed:
-        raise ValueError(f"optim.{field}: unknown {value!r}; expected one of {sorted(allowed)}")
-    return value
-
-
-def _number(cfg: Any, field: str, *, low: float, high: float = float("inf"), low_open: bool = False,
-            high_open: bool = False, expected: str) -> float:
-    value = _get(cfg, field)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"optim.{field}: {value!r} is not a number; expected {expected}")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high or value != value:
-        raise ValueError(f"optim.{field}: {value!r} out of range; expected {expected}")
-    return value
-
-
-def _read(cfg: Any) -> _Optim:
-    """Validate cfg.optim (ConfigDict, dict, or any object with attributes) into a typed record."""
-    if hasattr(cfg, "keys"):
-        unknown = sorted(set(cfg.keys()) - set(_FIELDS))
-        if unknown:
-            raise ValueError(f"optim: unknown field(s) {unknown}; expected fields {sorted(_FIELDS)}")
-    warmup = _get(cfg, "warmup_steps")
-    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
-        raise ValueError(f"optim.warmup_steps: {warmup!r}; expected an integer >= 0")
-    return _Optim(
-        name=_choice(cfg, "name", OPTIMIZERS),
-        learning_rate=_number(cfg, "learning_rate", low=0.0, low_open=True, expected="learning_rate > 0"),
-        momentum=_number(cfg, "momentum", low=0.0, high=1.0, high_open=True, expected="0 <= momentum < 1"),
-        b1=_number(cfg, "b1", low=0.0, high=1.0, high_open=True, expected="0 <= b1 < 1"),
-        b2=_number(cfg, "b2", low=0.0, high=1.0, high_open=True, expected="0 <= b2 < 1"),
-        eps=_number(cfg, "eps", low=0.0, low_open=True, expected="eps > 0"),
-        schedule=_choice(cfg, "schedule", SCHEDULES),
-        warmup_steps=int(warmup),
-        end_lr_factor=_number(cfg, "end_lr_factor", low=0.0, high=1.0, expected="0 <= end_lr_factor <= 1"),
-        clip=_choice(cfg, "clip", CLIPS),
-        clip_value=_number(cfg, "clip_value", low=0.0, low_open=True, expected="clip_value > 0"),
-        l2=_number(cfg, "l2", low=0.0, expected="l2 >= 0"),
-        weight_decay=_number(cfg, "weight_decay", low=0.0, expected="weight_decay >= 0"),
-        l1=_number(cfg, "l1", low=0.0, expected="l1 >= 0"),
-        l1_mode=_choice(cfg, "l1_mode", L1_MODES),
-        decay_mask=_choice(cfg, "decay_mask", DECAY_MASKS),
-    )
+def _typed(cfg: OptimConfig) -> OptimConfig:
+    if not isinstance(cfg, OptimConfig):
+        raise TypeError(f"optim: expected an ml_practical.config.OptimConfig, got "
+                        f"{type(cfg).__name__}; build one with OptimConfig(name=..., "
+                        "learning_rate=...) or config.build(OptimConfig, mapping)")
+    return cfg
 
 
 # --------------------------------------------------------------------------- schedule and chain
 
 
-def _schedule(o: _Optim, total_steps: int | None) -> optax.Schedule:
+def _schedule(o: OptimConfig, total_steps: int | None) -> optax.Schedule:
     if o.schedule == "warmup_cosine":
         if total_steps is None or isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
             raise ValueError(
@@ -280,7 +191,7 @@ def _schedule(o: _Optim, total_steps: int | None) -> optax.Schedule:
     )
 
 
-def make_schedule(cfg: Any, total_steps: int | None = None) -> optax.Schedule:
+def make_schedule(cfg: OptimConfig, total_steps: int | None = None) -> optax.Schedule:
     """The learning-rate schedule step -> lr_t that `make_optimizer` uses.
 
     "constant": lr (after an optional linear warmup from 0 over warmup_steps).
@@ -288,7 +199,7 @@ def make_schedule(cfg: Any, total_steps: int | None = None) -> optax.Schedule:
     without restarts) down to lr * end_lr_factor at step total_steps; lr_t stays there afterwards.
 
     Args:
-      cfg: cfg.optim (ConfigDict, dict or attribute object); see the module docstring.
+      cfg: the optim section.
       total_steps: number of optimizer steps in the run; required by "warmup_cosine".
 
     Returns:
@@ -297,14 +208,14 @@ def make_schedule(cfg: Any, total_steps: int | None = None) -> optax.Schedule:
     Raises:
       ValueError: invalid cfg fields, or "warmup_cosine" without a usable total_steps.
     """
-    return _schedule(_read(cfg), total_steps)
+    return _schedule(_typed(cfg), total_steps)
 
 
-def learning_rate_at(cfg: Any, total_steps: int | None, step: int) -> float:
+def learning_rate_at(cfg: OptimConfig, total_steps: int | None, step: int) -> float:
     """lr_t at a given optimizer step, for logging (e.g. `train/lr` once per epoch).
 
     Args:
-      cfg: cfg.optim.
+      cfg: the optim section.
       total_steps: as in `make_schedule`.
       step: optimizer step count (0 for the first update).
 
@@ -314,31 +225,37 @@ def learning_rate_at(cfg: Any, total_steps: int | None, step: int) -> float:
     return float(make_schedule(cfg, total_steps)(step))
 
 
-def make_optimizer(cfg: Any, total_steps: int | None = None) -> optax.GradientTransformation:
-    """Build the optax chain described by cfg.optim (see the module docstring for order and fields).
+def make_optimizer(cfg: OptimConfig, total_steps: int | None = None, *,
+                   record_clip: bool = False) -> optax.GradientTransformation:
+    """Build the optax chain an optim section describes (the module docstring gives the order).
 
     Transforms are added only when their coefficient is non-zero, so the plain configs reduce to
     optax.sgd / optax.sgd(momentum=...) / optax.adam / optax.adamw(mask=...), step for step.
 
     Args:
-      cfg: cfg.optim (ConfigDict, dict or attribute object).
+      cfg: the optim section (`config.OptimConfig`).
       total_steps: number of optimizer steps in the run; required by schedule "warmup_cosine".
+      record_clip: put `clip_recorder.recording_clip(clip, clip_value)` in the clip slot (also for
+        clip "none"): the same updates, and the optimizer state then holds each step's
+        `ClipRecord` (cosine to the raw gradient, whether it clipped, per-layer norms).
 
     Returns:
       An optax.GradientTransformation. Its `update` needs `params` whenever a decay or L1 term is on.
 
     Raises:
-      ValueError: naming the bad field and its allowed values.
+      TypeError: `cfg` is not an OptimConfig (a mapping is checked by `config.build`).
+      ValueError: "warmup_cosine" without a usable total_steps.
     """
-    o = _read(cfg)
+    o = _typed(cfg)
     schedule = _schedule(o, total_steps)
     mask = default_mask if o.decay_mask == "kernels" else all_mask
 
     parts: list[optax.GradientTransformation] = []
-    if o.clip == "value":
-        parts.append(optax.clip(o.clip_value))
-    elif o.clip == "global_norm":
-        parts.append(optax.clip_by_global_norm(o.clip_value))
+    if record_clip:
+        from ml_practical.clip_recorder import recording_clip
+        parts.append(recording_clip(o.clip, o.clip_value))
+    elif o.clip != "none":
+        parts.append(clip_transform(o.clip, o.clip_value))
     if o.l2 > 0:
         parts.append(optax.add_decayed_weights(o.l2, mask=mask))
     if o.l1 > 0 and o.l1_mode == "subgradient":

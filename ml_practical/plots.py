@@ -251,3 +251,15 @@ def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float]],
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def block_means(values: Any, window: int) -> np.ndarray:
+    """Means over consecutive blocks of `window` values (the last, partial block included).
+
+    For plotting thousands of per-step values as a readable curve.
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: {window!r}; expected an integer >= 1")
+    v = np.asarray(values, np.float64).reshape(-1)
+    n = -(-v.size // window)
+    return np.asarray([v[i * window:(i + 1) * window].mean() for i in range(n)])

@@ -4,6 +4,8 @@
     <workdir>/metrics.jsonl   one JSON object per epoch; on resume, epochs after the restored
                               checkpoint are dropped first, so each epoch appears exactly once
     <workdir>/summary.json    test metrics of the best checkpoint, best_epoch, stop_reason, ...
+    <workdir>/steps/          per-step metrics a study asked for, one epoch_<e>.npz per epoch
+                              (`loop.StepLog`); truncated with metrics.jsonl on resume
     <workdir>/tb/             TensorBoard events (tensorboardX; no TensorFlow needed)
     <workdir>/checkpoints/    orbax checkpoints (see `checkpointing`)
 
@@ -17,6 +19,7 @@ nothing, so each line appears once. The caller puts a barrier after `check_or_wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +30,9 @@ import tempfile
 from typing import Any, Iterable, Mapping
 
 import ml_collections
+import numpy as np
+
+from ml_practical.config import PROGRESS_MODES, Config, section_dict, to_dict
 
 # Fields that may change between a run and its resumption without changing the run.
 RESUME_NEUTRAL_FIELDS = ("train.restart", "train.progress")
@@ -51,7 +57,14 @@ def atomic_write_text(path: os.PathLike, text: str) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Config / metric values as strict JSON: tuples -> lists, non-finite floats -> strings."""
+    """Config / metric values as strict JSON: tuples -> lists, non-finite floats -> strings.
+
+    A parsed `config.Config` becomes its resolved dict (`config.to_dict`).
+    """
+    if isinstance(value, Config):
+        value = to_dict(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = section_dict(value)  # a config section or a model family
     if isinstance(value, ml_collections.ConfigDict):
         value = value.to_dict()
     if isinstance(value, Mapping):
@@ -67,12 +80,13 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (dotted config fields; `sep="/"` for metric names)."""
     out = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, key + sep, sep))
         else:
             out[key] = v
     return out
@@ -114,12 +128,13 @@ class RunFiles:
         self.metrics_path = self.workdir / "metrics.jsonl"
         self.summary_path = self.workdir / "summary.json"
         self.checkpoint_dir = self.workdir / "checkpoints"
+        self.steps_dir = self.workdir / "steps"
         self.tb_dir = self.workdir / "tb"
         self._tensorboard = tensorboard and primary
         self._tb = None
 
     # config.json ---------------------------------------------------------------------------------
-    def check_or_write_config(self, cfg: ml_collections.ConfigDict, restart: bool = False) -> None:
+    def check_or_write_config(self, cfg: Config, restart: bool = False) -> None:
         """Writes config.json; refuses a workdir whose saved config differs (unless `restart`).
 
         `restart=True` (`--config.train.restart=True`) deletes the old run's checkpoints,
@@ -149,7 +164,7 @@ class RunFiles:
         if restart:
             for path in (self.metrics_path, self.summary_path):
                 path.unlink(missing_ok=True)
-            for path in (self.checkpoint_dir, self.tb_dir):
+            for path in (self.checkpoint_dir, self.tb_dir, self.steps_dir):
                 shutil.rmtree(path, ignore_errors=True)
         atomic_write_text(self.config_path, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
@@ -176,6 +191,9 @@ class RunFiles:
         """
         if not self.primary:
             return
+        for epoch, path in self._step_files().items():
+            if epoch > after_epoch:
+                path.unlink()
         kept = [r for r in self.read_metrics() if r["epoch"] <= after_epoch]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         if kept or self.metrics_path.exists():
@@ -193,6 +211,44 @@ class RunFiles:
             f.flush()
             os.fsync(f.fileno())
         self._log_tensorboard(record)
+
+    # steps/ -------------------------------------------------------------------------------------
+    def _step_files(self) -> dict[int, pathlib.Path]:
+        if not self.steps_dir.is_dir():
+            return {}
+        return {int(p.stem.split("_")[1]): p for p in self.steps_dir.glob("epoch_*.npz")}
+
+    def write_steps(self, epoch: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Saves one epoch's per-step arrays (dtypes kept) as steps/epoch_<epoch>.npz, atomically."""
+        if not self.primary:
+            return
+        self.steps_dir.mkdir(parents=True, exist_ok=True)
+        path = self.steps_dir / f"epoch_{epoch:05d}.npz"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read_steps(self) -> dict[int, dict[str, np.ndarray]]:
+        """{epoch: {name: per-step array}} of the epochs `write_steps` saved (no pickle)."""
+        out = {}
+        for epoch, path in sorted(self._step_files().items()):
+            with np.load(path, allow_pickle=False) as f:
+                out[epoch] = {k: f[k] for k in f.files}
+        return out
+
+    # other files ---------------------------------------------------------------------------------
+    def write_json(self, name: str, value: Any) -> None:
+        """Writes <workdir>/<name> (a study's own record of the run, e.g. its state at init)."""
+        if self.primary:
+            atomic_write_text(self.workdir / name, json.dumps(to_jsonable(value), indent=1) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        """Reads back a file `write_json` wrote, or None if there is none."""
+        path = self.workdir / name
+        return json.loads(path.read_text()) if path.exists() else None
 
     def previous_wall_time(self, epoch: int) -> float:
         """Wall time already spent up to `epoch` (so a resumed run reports cumulative time)."""
@@ -231,8 +287,8 @@ def _import_summary_writer():
     """tensorboardX's SummaryWriter, imported without PyTorch.
 
     `tensorboardX.writer` imports torch whenever it is installed (the `bench` extra installs it),
-    only to accept torch tensors as values; that costs ~0.9 s and ~200 MiB of resident memory in
-    every run, for nothing here (we log Python floats). Unless the caller has already imported
+    only to accept torch tensors as values; that costs time and resident memory in every run
+    (measured in benchmarks/README.md), for nothing here (we log Python floats). Unless the caller has already imported
     torch, the import of tensorboardX is made to see torch as absent; the block is lifted at once.
     """
     if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
@@ -249,11 +305,10 @@ def _import_summary_writer():
 class Progress:
     """A tqdm bar over epochs (epoch, loss, accuracy, time left) when stderr is a terminal."""
 
-    MODES = ("auto", "always", "never")
-
     def __init__(self, total: int, initial: int = 0, mode: str = "auto"):
-        if mode not in self.MODES:
-            raise ValueError(f"train.progress: unknown {mode!r}; expected one of {list(self.MODES)}")
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"train.progress: unknown {mode!r}; expected one of "
+                             f"{sorted(PROGRESS_MODES)}")
         enabled = sys.stderr.isatty() if mode == "auto" else mode == "always"
         self._bar = None
         if enabled:
@@ -263,10 +318,10 @@ class Progress:
     def update(self, record: Mapping[str, Any]) -> None:
         if self._bar is None:
             return
-        self._bar.set_postfix_str(
-            f"epoch {record['epoch']} loss {record['train/loss']:.4f} "
-            f"acc {record['train/accuracy']:.4f} val_loss {record['val/loss']:.4f} "
-            f"val_acc {record['val/accuracy']:.4f}", refresh=False)
+        shown = (("loss", "train/loss"), ("acc", "train/accuracy"), ("val_loss", "val/loss"),
+                 ("val_acc", "val/accuracy"))
+        self._bar.set_postfix_str(f"epoch {record['epoch']} " + " ".join(
+            f"{label} {record[key]:.4f}" for label, key in shown if key in record), refresh=False)
         self._bar.update(1)
 
     def close(self) -> None:

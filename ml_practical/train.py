@@ -1,37 +1,27 @@
-"""TrainState, the pure train and eval steps, one-scan epochs, and `fit(cfg, workdir)`.
+"""TrainState, the pure train and eval steps, and the compiled epoch and evaluation scans.
 
 The shape follows nanodo / the flax examples: a `TrainState` pytree, a pure `train_step` that is
-jitted once (inside a `lax.scan` over an epoch's batches), metrics that reach the host once per
-epoch, and a thin driver (`fit`) that owns the files of a run. Nothing in the steps talks to the host
-(no callbacks, no Python state), so the same code runs sharded over a device mesh.
+jitted once (inside a `lax.scan` over an epoch's batches) and metrics that reach the host once per
+epoch. Nothing in the steps talks to the host (no callbacks, no Python state), so the same code runs
+sharded over a device mesh. What the outputs mean is the `tasks` object's business; the loop that
+drives these pieces is `ml_practical.loop`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
-import signal
-import sys
-import time
 from typing import Any, Callable, Mapping
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ml_practical import augment as augment_lib
-from ml_practical import data as data_lib
-from ml_practical import diagnostics
 from ml_practical import distributed
-from ml_practical import input_pipeline
-from ml_practical import losses, models, optim
-from ml_practical import run_files
+from ml_practical import tasks as tasks_lib
 
 PyTree = Any
 
@@ -67,19 +57,37 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
                       opt_state=tx.init(params), key=train_key)
 
 
+StepMetrics = Callable[["TrainState", "TrainState", Mapping[str, jax.Array]], Mapping[str, Any]]
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, label_smoothing: float = 0.0,
-               augment_fn: Callable | None = None,
-               skip_nonfinite: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, task: tasks_lib.Task | None = None,
+               augment_fn: Callable | None = None, skip_nonfinite: bool = True,
+               step_metrics: StepMetrics | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. Pure: the new state and the step's metrics are its only outputs.
 
     Clipping, L2 / weight decay and L1 live in `tx`, never in the loss. With `skip_nonfinite`, a
     step whose loss or gradients are not finite leaves params, batch statistics and optimizer state
     as they were (a `lax.cond`, no host sync); only `step` advances, so the next batch gets a fresh
     dropout key and `metrics["skipped"]` counts it. `metrics["nonfinite"]` flags such a step in
-    either mode; `fit` runs epochs unguarded and replays the rare epoch that has one guarded
-    (`run_epoch`), because the guard inside the step costs 8% of it on CPU.
+    either mode, which is what `replay_if_nonfinite` uses to run epochs unguarded and replay the
+    rare epoch that needs the guard.
+
+    Args:
+      state: the train state before the step.
+      batch: {"image": inputs, "label": labels} of one global batch.
+      model, tx: the model and the optax chain.
+      task: what the outputs mean (`tasks`); default: classification without smoothing.
+      augment_fn: `(key, images) -> images` applied on device before the forward pass.
+      skip_nonfinite: the inline guard (above).
+      step_metrics: `(old_state, new_state, metrics) -> {name: array}`, extra per-step metrics
+        computed inside the compiled step (e.g. `clip_recorder.step_metrics`).
+
+    Returns:
+      (new state, metrics): the task's metrics ("loss", maybe "accuracy"), "objective",
+      "grad_norm" (of the raw gradient), "skipped", "nonfinite", and `step_metrics`' entries.
     """
+    task = tasks_lib.Classification() if task is None else task
     step_key = jax.random.fold_in(state.key, state.step)
     dropout_key, augment_key = jax.random.split(step_key)
     images = batch["image"]
@@ -90,8 +98,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         logits, new_vars = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        objective = losses.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
-        return objective, (logits, new_vars)
+        return task.objective(logits, batch["label"]), (logits, new_vars)
 
     (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
@@ -106,8 +113,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
     ok = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
         # `lax.cond` runs the optimizer only on good steps instead of selecting between old and
-        # new copies of every leaf afterwards (a `jnp.where` over params + Adam moments cost 12%
-        # of the step on CPU; the cond still costs 8%, hence `run_epoch`'s replay).
+        # new copies of every leaf afterwards (a `jnp.where` over params and Adam moments costs
+        # more; see benchmarks/README.md).
         new_params, new_batch_stats, new_opt_state = jax.lax.cond(
             ok, apply, lambda _: (state.params, state.batch_stats, state.opt_state), None)
         skipped = (~ok).astype(jnp.float32)
@@ -115,30 +122,29 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         new_params, new_batch_stats, new_opt_state = apply(None)
         skipped = jnp.zeros((), jnp.float32)
 
+    task_metrics = task.train_metrics(logits, batch["label"])
     metrics = {
-        # The data term without smoothing: comparable with val/loss and test/loss (NLL).
-        "loss": losses.cross_entropy(logits, batch["label"]),
+        "loss": task_metrics["loss"],
         "objective": objective,
-        "accuracy": losses.accuracy(logits, batch["label"]),
+        **{k: v for k, v in task_metrics.items() if k != "loss"},
         "grad_norm": grad_norm,
         "skipped": skipped,
         "nonfinite": (~ok).astype(jnp.float32),
     }
     new_state = state.replace(step=state.step + 1, params=new_params,
                               batch_stats=new_batch_stats, opt_state=new_opt_state)
+    if step_metrics is not None:
+        metrics.update(step_metrics(state, new_state, metrics))
     return new_state, metrics
 
 
 def eval_step(params: PyTree, batch_stats: PyTree, batch: Mapping[str, jax.Array], *,
-              model: nn.Module) -> dict[str, jax.Array]:
-    """Sums (not means) of loss and correct predictions over the valid rows of `batch`."""
+              model: nn.Module, task: tasks_lib.Task | None = None) -> dict[str, jax.Array]:
+    """The task's sums (not means) over the valid rows of `batch` (weight 1; padding has 0)."""
+    task = tasks_lib.Classification() if task is None else task
     logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
                          train=False)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-    nll = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=1)[:, 0]
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    w = batch["weight"]
-    return {"loss_sum": jnp.sum(nll * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
+    return task.eval_sums(logits, batch["label"], batch["weight"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,24 +152,26 @@ def eval_step(params: PyTree, batch_stats: PyTree, batch: Mapping[str, jax.Array
 
 
 def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
-                     label_smoothing: float = 0.0, augment_fn: Callable | None = None,
+                     task: tasks_lib.Task | None = None, augment_fn: Callable | None = None,
                      skip_nonfinite: bool = True, mesh: Mesh | None = None,
-                     donate: bool = True, gather: bool = True) -> Callable:
+                     donate: bool = True, gather: bool = True,
+                     step_metrics: StepMetrics | None = None) -> Callable:
     """Returns `train_epoch(state, images, labels, batch_idx) -> (state, metrics)`, jitted once.
 
     `images`/`labels` are the device-resident training set and `batch_idx` an int32 array of shape
     (num_batches, batch_size); the epoch is one `lax.scan` over its rows. Per-step metrics come back
     as arrays of length num_batches (a few KiB), so the host syncs once per epoch. With `donate`
-    the state buffer is donated (the epoch updates it in place); `run_epoch` keeps it instead, to
-    be able to replay the epoch.
+    the state buffer is donated (the epoch updates it in place); `replay_if_nonfinite` keeps it
+    instead, to be able to replay the epoch. `task`, `augment_fn`, `skip_nonfinite` and
+    `step_metrics` are `train_step`'s.
 
     With `gather=False` it returns `train_chunk(state, images, labels)` instead, a scan over batches
     already gathered on the host (images (K, batch, ...), labels (K, batch)): the unit of work of
     the host-resident input pipeline (`input_pipeline.make_streamed_epoch`). Both scans run the
     same body on the same rows, so the two placements compute the same steps.
     """
-    step = functools.partial(train_step, model=model, tx=tx, label_smoothing=label_smoothing,
-                             augment_fn=augment_fn, skip_nonfinite=skip_nonfinite)
+    step = functools.partial(train_step, model=model, tx=tx, task=task, augment_fn=augment_fn,
+                             skip_nonfinite=skip_nonfinite, step_metrics=step_metrics)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
     def body(state, batch):
@@ -184,14 +192,14 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     return jax.jit(train_epoch if gather else train_chunk, donate_argnums=(0,) if donate else ())
 
 
-def run_epoch(fast_epoch: Callable, guarded_epoch: Callable | None, state: TrainState,
-              *args) -> tuple[TrainState, dict[str, np.ndarray]]:
+def replay_if_nonfinite(fast_epoch: Callable, guarded_epoch: Callable | None, state: TrainState,
+                        *args) -> tuple[TrainState, dict[str, np.ndarray]]:
     """Runs one epoch optimistically, replaying it with the non-finite guard only if it needs it.
 
     `fast_epoch` is `make_train_epoch(..., skip_nonfinite=False, donate=False)` and
     `guarded_epoch` the same with `skip_nonfinite=True` (None: no guard, `fast_epoch` may donate).
     Non-finite steps are rare, and a guard inside every step (a `lax.cond` on the gradient norm)
-    costs 8% of a CPU step, so the epoch first runs unguarded from a kept copy of `state`; if any
+    has a cost (benchmarks/README.md), so the epoch first runs unguarded from a kept copy of `state`; if any
     step flagged `nonfinite`, the whole epoch is run again from that copy with the guard. The
     result is exactly the guarded epoch's whenever a skip was needed, and the unguarded one's
     (the same arithmetic) otherwise. Returns the new state and the per-step metrics on the host.
@@ -204,13 +212,15 @@ def run_epoch(fast_epoch: Callable, guarded_epoch: Callable | None, state: Train
     return new_state, metrics
 
 
-def make_split_sums(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -> Callable:
+def make_split_sums(model: nn.Module, batch_size: int, mesh: Mesh | None = None,
+                    task: tasks_lib.Task | None = None) -> Callable:
     """Returns `split_sums(params, batch_stats, images, labels, weights)`, not jitted.
 
-    A scan of `eval_step` over the batches of a padded split (see `put_split`), summing loss,
-    correct predictions and row count. `make_evaluate` jits it; `multiseed` vmaps it over seeds.
+    A scan of `eval_step` over the batches of a padded split (see `put_split`), summing the task's
+    sums (loss, correct predictions, row count). `make_evaluate` jits it; `multiseed` vmaps it.
     """
-    step = functools.partial(eval_step, model=model)
+    task = tasks_lib.Classification() if task is None else task
+    step = functools.partial(eval_step, model=model, task=task)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
     def split_sums(params, batch_stats, images, labels, weights):
@@ -224,25 +234,28 @@ def make_split_sums(model: nn.Module, batch_size: int, mesh: Mesh | None = None)
             out = step(params, batch_stats, batch)
             return jax.tree.map(jnp.add, carry, out), None
 
-        zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+        first = {"image": images[:batch_size], "label": labels[:batch_size],
+                 "weight": weights[:batch_size]}
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                            jax.eval_shape(step, params, batch_stats, first))
         sums, _ = jax.lax.scan(body, zero, jnp.arange(n))
         return sums
 
     return split_sums
 
 
-def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None) -> Callable:
+def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None,
+                  task: tasks_lib.Task | None = None) -> Callable:
     """Returns `evaluate(params, batch_stats, split) -> {"loss", "accuracy"}` over a whole split.
 
     A split is padded once to a multiple of `batch_size` with weight-0 rows (see `put_split`), so
-    every batch has one shape and the function compiles once per split shape.
+    every batch has one shape and the function compiles once per split shape. The means are
+    `tasks.finalize` of the sums ("accuracy" only for tasks that count correct predictions).
     """
-    _evaluate = jax.jit(make_split_sums(model, batch_size, mesh))
+    _evaluate = jax.jit(make_split_sums(model, batch_size, mesh, task))
 
     def evaluate(params, batch_stats, split):
-        sums = jax.device_get(_evaluate(params, batch_stats, *split))
-        count = float(sums["count"])
-        return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+        return tasks_lib.finalize(jax.device_get(_evaluate(params, batch_stats, *split)))
 
     return evaluate
 
@@ -282,11 +295,18 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 
 
 def summarize_epoch(step_metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Means of the per-step metrics over the steps that were not skipped."""
+    """Means of the task's per-step metrics over the steps that were not skipped.
+
+    Returns:
+      {"train/skipped_steps", "train/loss", "train/objective", ["train/accuracy"], "grad_norm"};
+      extra per-step metrics (`step_metrics`) are not averaged here.
+    """
     skipped = np.asarray(step_metrics["skipped"])
     ok = skipped == 0
     out = {"train/skipped_steps": int(skipped.sum())}
     for name in ("loss", "objective", "accuracy", "grad_norm"):
+        if name not in step_metrics:  # "accuracy": tasks that count correct predictions
+            continue
         values = np.asarray(step_metrics[name])[ok]
         # grad_norm: mean global L2 norm of the raw (pre-clipping) gradient over the epoch.
         key = name if name == "grad_norm" else f"train/{name}"
@@ -301,277 +321,3 @@ def trailing_run(skipped: np.ndarray, previous: int) -> tuple[int, int]:
         run = run + 1 if s else 0
         longest = max(longest, run)
     return longest, run
-
-
-# ------------------------------------------------------------------------------------------------
-# The driver.
-
-
-@dataclasses.dataclass
-class Experiment:
-    """What `fit` builds from a config: data, model, optimizer and compiled functions.
-
-    `placement` says where the training set lives (`input_pipeline`): "device" (then
-    `train_arrays` are device arrays and `train_epoch` one compiled scan) or "host" (then
-    `train_arrays` are the dataset's numpy arrays, never put on a device, and `train_epoch` streams
-    prefetched chunks). Both epoch functions take (state, *train_arrays, batch_idx), so
-    `run_epoch` and `fit` do not depend on the choice. Validation and test are device-resident.
-    """
-
-    cfg: ml_collections.ConfigDict
-    dataset: data_lib.Dataset
-    model: nn.Module
-    tx: optax.GradientTransformation
-    schedule: Callable[[int], float]
-    mesh: Mesh
-    train_epoch: Callable          # unguarded; keeps its input state when a guard is configured
-    train_epoch_guarded: Callable | None  # the replay with the non-finite guard (None: no guard)
-    evaluate: Callable
-    steps_per_epoch: int
-    train_arrays: tuple[jax.Array | np.ndarray, jax.Array | np.ndarray]  # numpy when "host"
-    val_split: tuple[jax.Array, ...]
-    test_split: tuple[jax.Array, ...]
-    placement: input_pipeline.InputPlacement
-
-    def init_state(self) -> TrainState:
-        state = create_train_state(self.model, self.tx, jax.random.PRNGKey(self.cfg.seed),
-                                   self.dataset.train_x.shape[1:])
-        # Every process initialises the same state from the seed and fills its own devices;
-        # device_put would instead all-gather the state across processes to check it is equal.
-        replicated = NamedSharding(self.mesh, P())
-        return jax.tree.map(lambda a: distributed.put_global(np.asarray(a), replicated), state)
-
-    def run_epoch(self, state: TrainState, epoch: int) -> tuple[TrainState, dict[str, np.ndarray]]:
-        """Trains one epoch (see `run_epoch`); per-step metrics come back on the host."""
-        return run_epoch(self.train_epoch, self.train_epoch_guarded, state, *self.train_arrays,
-                         self.batch_indices(epoch))
-
-    def summary(self, test: Mapping[str, float], history: list[dict[str, Any]], *,
-                best_epoch: int | None, best_metric: dict[str, Any], stop_reason: str,
-                num_params: int, seed: int) -> dict[str, Any]:
-        """A run's summary.json (`fit`, and each seed of `multiseed.fit_seeds`).
-
-        `test` holds the test metrics of the best state, `history` the run's metrics records.
-        """
-        return {
-            "test/accuracy": float(test["accuracy"]),
-            "test/loss": float(test["loss"]),
-            "best_epoch": best_epoch,
-            "best_metric": best_metric,
-            "epochs_run": len(history),
-            "stop_reason": stop_reason,
-            "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
-            "num_params": num_params,
-            "seed": seed,
-            "dataset": self.dataset.info(),
-            "input": self.placement.info(),  # where the training set lived ("device" | "host")
-            "devices": [str(d) for d in self.mesh.devices.flat],
-        }
-
-    def batch_indices(self, epoch: int) -> jax.Array:
-        """The epoch's (num_batches, batch_size) example indices, replicated on every device.
-
-        Every process computes the same indices from (seed, epoch). With the device-resident
-        training set (replicated too), each device then gathers only its own rows of each global
-        batch inside the compiled epoch: no process sends examples to another.
-        """
-        idx = data_lib.batch_indices(self.cfg.seed, epoch, len(self.dataset.train_y),
-                                     self.cfg.train.batch_size, drop_remainder=True)
-        return distributed.put_global(idx.astype(np.int32), NamedSharding(self.mesh, P()))
-
-
-def build_experiment(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None,
-                     mesh: Mesh | None = None) -> Experiment:
-    """Loads data, builds model and optimizer and compiles nothing yet (jit is lazy)."""
-    validate_config(cfg)
-    dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
-    if cfg.model.num_classes != dataset.num_classes:
-        raise ValueError(f"model.num_classes: {cfg.model.num_classes} but the dataset "
-                         f"{dataset.name!r} has {dataset.num_classes} classes")
-    mesh = mesh if mesh is not None else make_mesh(cfg.train.get("num_devices", 0) or None)
-    n_dev = mesh.devices.size
-    for field in ("batch_size", "eval_batch_size"):
-        if cfg.train[field] % n_dev:
-            raise ValueError(f"train.{field}: {cfg.train[field]} does not divide over "
-                             f"{n_dev} devices; use a multiple of {n_dev}")
-    model = models.make_model(cfg.model)
-    steps_per_epoch = len(dataset.train_y) // cfg.train.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the "
-                         f"{len(dataset.train_y)} training examples")
-    total_steps = steps_per_epoch * cfg.train.num_epochs
-    tx = optim.make_optimizer(cfg.optim, total_steps=total_steps)
-    schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
-    augment_fn = augment_lib.get(cfg.train.get("augment", "none"))
-    replicated = NamedSharding(mesh, P())
-    eval_bs = cfg.train.eval_batch_size
-    guard = cfg.train.skip_nonfinite
-    make_epoch = functools.partial(make_train_epoch, model, tx,
-                                   label_smoothing=cfg.train.label_smoothing,
-                                   augment_fn=augment_fn, mesh=mesh)
-    placement = input_pipeline.resolve_placement(
-        cfg.data, dataset.train_x.nbytes + dataset.train_y.nbytes)
-    if placement.placement == "device":
-        # The training set is replicated: each device gathers its batches locally, then the batch
-        # is constrained to be split over "data". MNIST is 188 MB in float32.
-        train_arrays = (distributed.put_global(dataset.train_x, replicated),
-                        distributed.put_global(dataset.train_y, replicated))
-        train_epoch = make_epoch(skip_nonfinite=False, donate=not guard)
-        train_epoch_guarded = make_epoch(skip_nonfinite=True) if guard else None
-    else:
-        # Host-resident: no device_put of the training set (that is the memory saving).
-        train_arrays = (dataset.train_x, dataset.train_y)
-        stream = functools.partial(input_pipeline.make_streamed_epoch, mesh=mesh,
-                                   chunk_steps=placement.chunk_steps)
-        train_epoch = stream(make_epoch(skip_nonfinite=False, donate=not guard, gather=False))
-        train_epoch_guarded = (stream(make_epoch(skip_nonfinite=True, gather=False))
-                               if guard else None)
-    return Experiment(
-        cfg=cfg, dataset=dataset, model=model, tx=tx, schedule=schedule, mesh=mesh,
-        train_epoch=train_epoch,
-        train_epoch_guarded=train_epoch_guarded,
-        evaluate=make_evaluate(model, eval_bs, mesh),
-        steps_per_epoch=steps_per_epoch,
-        train_arrays=train_arrays,
-        val_split=put_split(dataset.val_x, dataset.val_y, eval_bs, replicated),
-        test_split=put_split(dataset.test_x, dataset.test_y, eval_bs, replicated),
-        placement=placement,
-    )
-
-
-def validate_config(cfg: ml_collections.ConfigDict) -> None:
-    """Checks the fields `fit` itself reads; sections validate their own (optim, model, data)."""
-    t = cfg.train
-    if not isinstance(t.num_epochs, int) or t.num_epochs < 1:
-        raise ValueError(f"train.num_epochs: {t.num_epochs!r}; expected an integer >= 1")
-    if t.batch_size < 1 or t.eval_batch_size < 1:
-        raise ValueError(f"train.batch_size / train.eval_batch_size must be >= 1, got "
-                         f"{t.batch_size} / {t.eval_batch_size}")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise ValueError(f"train.label_smoothing: {t.label_smoothing} is outside [0, 1)")
-    if t.max_consecutive_skips < 1:
-        raise ValueError(f"train.max_consecutive_skips: {t.max_consecutive_skips}; expected >= 1")
-
-
-def fit(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-        dataset: data_lib.Dataset | None = None, mesh: Mesh | None = None) -> dict[str, Any]:
-    """Trains `cfg` in `workdir`, resuming from its checkpoints, and returns the run summary.
-
-    The run ends on patience, max epochs, divergence, non-finite steps or Ctrl-C / SIGTERM; in
-    every case the best checkpoint (by `cfg.early_stopping.monitor`) is restored and the test
-    metrics in `summary.json` are those of the best weights. See `run_files` for the files.
-    """
-    from ml_practical import checkpointing  # orbax import is slow; keep `import train` light.
-
-    exp = build_experiment(cfg, dataset=dataset, mesh=mesh)
-    # Several processes: process 0 writes the run files, all take part in every checkpoint.
-    files = run_files.RunFiles(workdir, primary=distributed.is_primary())
-    files.check_or_write_config(cfg, restart=cfg.train.get("restart", False))
-    distributed.sync("fit:run_files_ready")  # a restart's deletions done before orbax looks
-    stopper = checkpointing.make_early_stopping(cfg.early_stopping)
-    ckpt = checkpointing.RunCheckpointer(files.checkpoint_dir, cfg, monitor=stopper.monitor,
-                                         mode=stopper.mode)
-    fresh = exp.init_state()
-    restored = ckpt.restore_latest(fresh)
-    if restored is None:
-        state, es_state, start_epoch, consecutive = fresh, stopper.initial_state(), 1, 0
-        files.truncate_metrics(after_epoch=0)
-    else:
-        state, es_state, start_epoch, consecutive = (
-            restored.state, stopper.state_from_dict(restored.early_stopping),
-            restored.epoch + 1, restored.consecutive_skips)
-        files.truncate_metrics(after_epoch=restored.epoch)
-        print(f"Resumed from epoch {restored.epoch} of {files.workdir}", file=sys.stderr)
-
-    stop_reason = es_state.stop_reason if es_state.stopped else None
-    wall_start = time.time() - files.previous_wall_time(start_epoch - 1)
-    progress = run_files.Progress(cfg.train.num_epochs, initial=start_epoch - 1,
-                                  mode=cfg.train.get("progress", "auto") if files.primary
-                                  else "never")
-    interrupted = _InterruptFlag()
-    # Per-layer activation / gradient statistics every cfg.train.stats_every epochs (0 = off).
-    log_stats = diagnostics.make_stats_logger(exp.model, *exp.train_arrays,
-                                              every=cfg.train.get("stats_every", 0))
-    epoch = start_epoch - 1
-    with interrupted:
-        for epoch in range(start_epoch, cfg.train.num_epochs + 1):
-            if stop_reason is not None:
-                break
-            t0 = time.time()
-            lr = float(exp.schedule(int(state.step)))
-            state, step_metrics = exp.run_epoch(state, epoch)
-            record = {"epoch": epoch, **summarize_epoch(step_metrics)}
-            longest, consecutive = trailing_run(step_metrics["skipped"], consecutive)
-            for name, value in exp.evaluate(state.params, state.batch_stats, exp.val_split).items():
-                record[f"val/{name}"] = value
-            record.update(log_stats(epoch, state.params, state.batch_stats))
-            record["lr"] = lr
-            record["epoch_time_s"] = time.time() - t0
-            record["wall_time_s"] = time.time() - wall_start
-            es_state, _ = stopper.update(es_state, epoch, record)
-            if longest >= cfg.train.max_consecutive_skips:
-                es_state = stopper.stop(es_state, epoch, "non_finite")
-            # Metrics line first, then the checkpoint: a crash between the two leaves a line for
-            # an epoch that has no checkpoint, which the resume drops (`truncate_metrics`) and
-            # writes again. The other order would lose the line of a saved epoch for good.
-            files.append_metrics(record)
-            ckpt.save(epoch, state, es_state.to_dict(), record, consecutive)
-            progress.update(record)
-            stop_reason = es_state.stop_reason if es_state.stopped else None
-            # A signal may reach only some processes: all must stop after the same epoch.
-            if not distributed.all_agree(not interrupted.fired):
-                stop_reason = "interrupted"
-                break
-        else:
-            epoch = cfg.train.num_epochs
-    progress.close()
-    if stop_reason is None:
-        stop_reason = "interrupted" if interrupted.fired else "max_epochs"
-
-    best = ckpt.restore_best(fresh, es_state.best_epoch)
-    ckpt.close()
-    if best is None:  # Nothing was ever finite: report the last state honestly.
-        best_state, best_epoch = state, None
-    else:
-        best_state, best_epoch = best.state, best.epoch
-    test = exp.evaluate(best_state.params, best_state.batch_stats, exp.test_split)
-    history = files.read_metrics()
-    summary = exp.summary(
-        test, history, best_epoch=best_epoch, best_metric={stopper.monitor: es_state.best_value},
-        stop_reason=stop_reason,
-        num_params=int(sum(x.size for x in jax.tree.leaves(best_state.params))), seed=cfg.seed)
-    files.write_summary(summary)
-    files.close()
-    summary["final_state"] = best_state  # for library callers; not written to disk
-    return summary
-
-
-class _InterruptFlag:
-    """Turns the first Ctrl-C / SIGTERM into a flag checked between epochs (a second one aborts).
-
-    The epoch in flight finishes and is checkpointed, so an interrupt loses nothing.
-    """
-
-    def __init__(self):
-        self.fired = False
-        self._old = {}
-
-    def _handler(self, signum, frame):
-        if self.fired:
-            raise KeyboardInterrupt
-        self.fired = True
-        print("\nInterrupt: finishing this epoch, then restoring the best checkpoint "
-              "(interrupt again to abort).", file=sys.stderr)
-
-    def __enter__(self):
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        except ValueError:  # Not the main thread: leave signals alone.
-            self._old = {}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False

@@ -3,13 +3,15 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/_dist_run.py OUT_DIR [field=value ...]
 
 Runs in its own process because the number of CPU devices is fixed when JAX starts. On the digits
-config of `_fault_run.make_config` (overridden by the `field=value` pairs) it builds the experiment
-on `train.make_mesh(4)` and on `train.make_mesh(1)` and, from the same initial state, runs one step
-and then the rest of epoch 1 through the compiled epoch. OUT_DIR receives
+config of `_fault_run.make_config` (overridden by the `field=value` pairs; a parsed `Config`) it
+builds the experiment (`experiment.build_experiment`) on `train.make_mesh(4)` and on
+`train.make_mesh(1)` and, from the same initial state, runs one step and then the rest of epoch 1
+through the compiled epoch (`Experiment.epoch_fn`). OUT_DIR receives
 
   mesh4.npz / mesh1.npz  the state after step 1 ("step1/..." keys) and after the epoch ("end/...")
   info.json              shardings of the 4-device state and batch, all-reduce counts of the two
                          compiled epochs, and the error for a batch size that does not divide by 4
+                         (raised by `build_experiment`: the config itself is valid)
 """
 
 from __future__ import annotations
@@ -35,21 +37,21 @@ def main(argv: list[str]) -> None:
     from jax.sharding import NamedSharding
 
     from ml_practical import data as data_lib
-    from ml_practical import train
+    from ml_practical import experiment, train
 
     cfg = _fault_run.make_config(**_fault_run.parse_overrides(rest))
     dataset = data_lib.load_dataset(cfg.data)
     info = {"num_devices": jax.device_count()}
     for n in (4, 1):
         mesh = train.make_mesh(n)
-        exp = train.build_experiment(cfg, dataset=dataset, mesh=mesh)
+        exp = experiment.build_experiment(cfg, dataset=dataset, mesh=mesh)
         state = exp.init_state()
         idx = exp.batch_indices(1)
         first, later = idx[:1], idx[1:]
-        state1, _ = exp.train_epoch(state, *exp.train_arrays, first)
+        state1, _ = exp.epoch_fn(state, *exp.train_arrays, first)
         arrays = {f"step1/{k}": v for k, v in _fault_run.state_arrays(state1).items()}
-        hlo = exp.train_epoch.lower(state1, *exp.train_arrays, later).compile().as_text()
-        end, metrics = exp.train_epoch(state1, *exp.train_arrays, later)
+        hlo = exp.epoch_fn.lower(state1, *exp.train_arrays, later).compile().as_text()
+        end, metrics = exp.epoch_fn(state1, *exp.train_arrays, later)
         arrays.update({f"end/{k}": v for k, v in _fault_run.state_arrays(end).items()})
         arrays["end/loss"] = np.asarray(metrics["loss"])
         val = exp.evaluate(end.params, end.batch_stats, exp.val_split)
@@ -68,7 +70,7 @@ def main(argv: list[str]) -> None:
         }
     bad = _fault_run.make_config(**{**_fault_run.parse_overrides(rest), "train.batch_size": 30})
     try:
-        train.build_experiment(bad, dataset=dataset, mesh=train.make_mesh(4))
+        experiment.build_experiment(bad, dataset=dataset, mesh=train.make_mesh(4))
         info["bad_batch_error"] = None
     except ValueError as e:
         info["bad_batch_error"] = str(e)

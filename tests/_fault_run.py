@@ -3,9 +3,9 @@
     python tests/_fault_run.py train   WORKDIR [field=value ...]
     python tests/_fault_run.py restore WORKDIR OUT.npz [field=value ...]
 
-`train` runs `ml_practical.train.fit` on the tiny digits config of `make_config` (overridden by the
+`train` runs `ml_practical.loop.fit` on the tiny digits config of `make_config` (overridden by the
 `field=value` pairs, values as Python literals) and, when it returns, writes the state it restored
-at the end (`summary["final_state"]`, the best checkpoint) to WORKDIR/final.npz and the newest
+at the end (`FitResult.state`, the best checkpoint) to WORKDIR/final.npz and the newest
 checkpoint's state to WORKDIR/latest.npz. Rerunning the same command resumes.
 
 `restore` restores the newest checkpoint of WORKDIR onto this process's devices (as many as the
@@ -35,8 +35,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def make_config(**overrides):
-    """The digits production recipe made tiny: 32 hidden units, 6 epochs, batch 64."""
+def raw_config(**overrides):
+    """The digits production recipe made tiny: 32 hidden units, 6 epochs, batch 64.
+
+    The raw `ml_collections.ConfigDict`, as a config file returns it; `make_config` parses it.
+    """
     from experiments.configs import digits_mlp
 
     cfg = digits_mlp.get_config()
@@ -52,6 +55,13 @@ def make_config(**overrides):
             node = node[name]
         node[leaf] = value
     return cfg
+
+
+def make_config(**overrides):
+    """`raw_config(**overrides)`, parsed and checked (`config.parse`): what `loop.fit` takes."""
+    from ml_practical import config
+
+    return config.parse(raw_config(**overrides))
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -133,29 +143,24 @@ def main(argv: list[str]) -> None:
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    from ml_practical import checkpointing
-    from ml_practical import train as train_lib
+    from ml_practical import checkpointing, experiment, loop
 
     if mode == "train":
         cfg = make_config(**parse_overrides(rest))
         if os.environ.get("FAULT_KILL"):
             install_fault(os.environ["FAULT_KILL"])
-        summary = train_lib.fit(cfg, workdir)
-        np.savez(pathlib.Path(workdir) / "final.npz", **state_arrays(summary["final_state"]))
-        exp = train_lib.build_experiment(cfg)
-        ckpt = checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg,
-                                             monitor=cfg.early_stopping.monitor,
-                                             mode=cfg.early_stopping.mode)
+        result = loop.fit(cfg, workdir)
+        np.savez(pathlib.Path(workdir) / "final.npz", **state_arrays(result.state))
+        exp = experiment.build_experiment(cfg)
+        ckpt = checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg)
         latest = ckpt.restore_latest(exp.init_state())
         ckpt.close()
         np.savez(pathlib.Path(workdir) / "latest.npz", **state_arrays(latest.state))
     elif mode == "restore":
         out, *rest = rest
         cfg = make_config(**parse_overrides(rest))
-        exp = train_lib.build_experiment(cfg)
-        ckpt = checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg,
-                                             monitor=cfg.early_stopping.monitor,
-                                             mode=cfg.early_stopping.mode)
+        exp = experiment.build_experiment(cfg)
+        ckpt = checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg)
         restored = ckpt.restore_latest(exp.init_state())
         ckpt.close()
         n_dev = {len(leaf.sharding.device_set) for leaf in jax.tree.leaves(restored.state.params)}

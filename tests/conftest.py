@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import mnist_mlp
+from ml_practical import config
 from ml_practical import data as data_lib
 
 
@@ -24,6 +25,10 @@ def make_tiny_dataset(n_train=256, n_val=64, n_test=64, shape=(4, 4, 1), num_cla
 
 
 def tiny_config(**overrides):
+    """A raw config (an `ml_collections.ConfigDict`, as a config file returns) for tiny runs.
+
+    Overrides are "section.field" = value; parse it with `config.parse` (or use `tiny`).
+    """
     cfg = mnist_mlp.get_config()
     cfg.data.source = "digits"
     cfg.model.widths = (16,)
@@ -36,6 +41,11 @@ def tiny_config(**overrides):
         section, field = key.split(".")
         cfg[section][field] = value
     return cfg
+
+
+def tiny(**overrides) -> config.Config:
+    """`tiny_config(**overrides)`, parsed and checked: what `loop.fit` takes."""
+    return config.parse(tiny_config(**overrides))
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
-"""Tests for ml_practical.augment: each transform against numpy or an exact property.
+"""Tests for ml_practical.augment: each transform against numpy or an exact property."""
 
-Compiling dominates the runtime, so tests share input shapes and static options (BATCH, _disks)
-wherever they can: a jitted transform called twice with the same shapes compiles once.
-"""
+# Compiling dominates the runtime, so tests share input shapes and static options (BATCH, _disks)
+# wherever they can: a jitted transform called twice with the same shapes compiles once.
 
 import functools
 

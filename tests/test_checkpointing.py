@@ -1,9 +1,10 @@
-"""Tests for ml_practical.checkpointing and the resumable `fit`: orbax's retention traps, our two
-retention sets, SIGKILL at any moment then resume (bit-identical), damaged checkpoints, the
-non-finite guard, stop reasons, the config refusal and restores across device counts.
+"""Tests for ml_practical.checkpointing and the resumable `loop.fit`: orbax's retention traps, our
+two retention sets, SIGKILL at any moment then resume (bit-identical), damaged checkpoints, the
+non-finite guard (`train`), stop reasons, the config refusal and restores across device counts.
 
 Runs that must be killed, interrupted or given several devices run tests/_fault_run.py in a
-subprocess; the rest call `fit` in this process on the embedded digits data (tiny MLP, 2-6 epochs).
+subprocess; the rest call `loop.fit` in this process on the embedded digits data (tiny MLP, 2-6
+epochs).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pytest
 from orbax.checkpoint import checkpoint_managers as ocm
 
 import _fault_run
-from ml_practical import checkpointing, models, optim, run_files, train
+from ml_practical import checkpointing, config, experiment, loop, optim, run_files, tasks, train
 from ml_practical import data as data_lib
 from ml_practical.early_stopping import EarlyStopping
 
@@ -139,13 +140,11 @@ def digits():
 
 
 def _checkpointer(workdir, cfg) -> checkpointing.RunCheckpointer:
-    return checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg,
-                                         monitor=cfg.early_stopping.monitor,
-                                         mode=cfg.early_stopping.mode)
+    return checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg)
 
 
 def _restore_epoch(workdir, cfg, epoch, dataset):
-    exp = train.build_experiment(cfg, dataset=dataset)
+    exp = experiment.build_experiment(cfg, dataset=dataset)
     ckpt = _checkpointer(workdir, cfg)
     try:
         return exp, ckpt.restore(epoch, exp.init_state())
@@ -241,14 +240,14 @@ def _toy_state(value: float) -> train.TrainState:
 ])
 def test_run_checkpointer_keeps_latest_and_early_stopping_best(tmp_path, values, min_delta,
                                                                keep_latest, keep_best, final):
-    cfg = make_config()
+    cfg = make_config(**{"early_stopping.monitor": "val/loss", "early_stopping.mode": "min",
+                         "checkpoint.keep_latest": keep_latest, "checkpoint.keep_best": keep_best})
     stopper = EarlyStopping(monitor="val/loss", mode="min", patience=None, min_delta=min_delta)
     es, improvements = stopper.initial_state(), []
     half = len(values) // 2
     for epoch, value in enumerate(values, start=1):
         if epoch in (1, half + 1):  # a restart in the middle: the ranks must come from disk
-            ckpt = checkpointing.RunCheckpointer(tmp_path, cfg, monitor="val/loss", mode="min",
-                                                 keep_latest=keep_latest, keep_best=keep_best)
+            ckpt = checkpointing.RunCheckpointer(tmp_path, cfg)
         es, improved = stopper.update(es, epoch, {"val/loss": value})
         improvements += [epoch] if improved else []
         ckpt.save(epoch, _toy_state(value), es.to_dict(), {"val/loss": value})
@@ -267,7 +266,8 @@ def test_run_checkpointer_keeps_latest_and_early_stopping_best(tmp_path, values,
 
 
 def test_restore_latest_of_empty_directory_is_none(tmp_path):
-    ckpt = checkpointing.RunCheckpointer(tmp_path, make_config(), monitor="val/loss", mode="min")
+    cfg = make_config(**{"early_stopping.monitor": "val/loss", "early_stopping.mode": "min"})
+    ckpt = checkpointing.RunCheckpointer(tmp_path, cfg)
     assert ckpt.restore_latest(_toy_state(0.0)) is None
     assert ckpt.restore_best(_toy_state(0.0), None) is None
     ckpt.close()
@@ -350,9 +350,9 @@ def four_epochs(tmp_path_factory, digits):
     """A finished 4-epoch run (steps 3 and 4 on disk at least) and its last state."""
     workdir = tmp_path_factory.mktemp("four_epochs")
     cfg = make_config(**{"train.num_epochs": 4})
-    summary = train.fit(cfg, workdir, dataset=digits)
+    summary = loop.fit(cfg, workdir, dataset=digits).summary
     ckpt = _checkpointer(workdir, cfg)
-    exp = train.build_experiment(cfg, dataset=digits)
+    exp = experiment.build_experiment(cfg, dataset=digits)
     last = ckpt.restore(4, exp.init_state())
     ckpt.close()
     assert {3, 4} <= _steps_on_disk(workdir / "checkpoints")
@@ -403,7 +403,7 @@ def test_damaged_latest_step_falls_back_to_previous(tmp_path, capsys, digits, fo
 
     with pytest.warns(checkpointing.CheckpointDamageWarning,
                       match=rf"checkpoint step 4 .* is damaged: {reason}") as caught:
-        summary = train.fit(four_epochs["cfg"], workdir, dataset=digits)
+        summary = loop.fit(four_epochs["cfg"], workdir, dataset=digits).summary
     assert not any("TensorStore details" in str(w.message) for w in caught)
     assert "Resumed from epoch 3 " in capsys.readouterr().err
     quarantined = list((workdir / "damaged").iterdir())
@@ -427,7 +427,7 @@ def test_every_step_damaged_starts_over(tmp_path, capsys, digits, four_epochs):
     for step in steps:
         _drop_meta(workdir / "checkpoints" / str(step))
     with pytest.warns(checkpointing.CheckpointDamageWarning) as caught:
-        train.fit(four_epochs["cfg"], workdir, dataset=digits)
+        loop.fit(four_epochs["cfg"], workdir, dataset=digits)
     damaged = [str(w.message) for w in caught
                if issubclass(w.category, checkpointing.CheckpointDamageWarning)]
     assert len(damaged) == len(steps)
@@ -443,7 +443,7 @@ def test_every_step_damaged_starts_over(tmp_path, capsys, digits, four_epochs):
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nonfinite_batch_is_skipped_and_leaves_state_unchanged(bad):
     cfg = make_config()
-    model = models.make_model(cfg.model)
+    model = cfg.model
     tx = optim.make_optimizer(cfg.optim, total_steps=100)
     state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
     rng = np.random.default_rng(0)
@@ -453,7 +453,8 @@ def test_nonfinite_batch_is_skipped_and_leaves_state_unchanged(bad):
 
     def run(skip):
         step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
-                                         label_smoothing=0.1, skip_nonfinite=skip))
+                                         task=tasks.Classification(label_smoothing=0.1),
+                                         skip_nonfinite=skip))
         s1, m1 = step(state, clean)
         s2, m2 = step(s1, poisoned)
         return s1, m1, s2, m2
@@ -475,7 +476,7 @@ def test_skipped_steps_are_counted_per_epoch(tmp_path, digits):
     train_x[bad_rows] = np.nan
     dataset = dataclasses.replace(digits, train_x=train_x)
     cfg = make_config(**{"train.num_epochs": 2})
-    summary = train.fit(cfg, tmp_path, dataset=dataset)
+    summary = loop.fit(cfg, tmp_path, dataset=dataset).summary
     records = _metrics(tmp_path)
     for record in records:
         idx = data_lib.batch_indices(cfg.seed, record["epoch"], len(train_x), 64)
@@ -498,10 +499,11 @@ def test_persistent_nonfinite_stops_and_restores_best(tmp_path, digits, monkeypa
         if epoch < 3:
             return jnp.asarray(data_lib.batch_indices(self.cfg.seed, epoch, n_clean, 64))
         return jnp.asarray(np.tile(np.arange(n_clean, n_clean + 64), (steps, 1)), jnp.int32)
-    monkeypatch.setattr(train.Experiment, "batch_indices", batch_indices)
+    monkeypatch.setattr(experiment.Experiment, "batch_indices", batch_indices)
 
     cfg = make_config(**{"train.num_epochs": 6, "train.max_consecutive_skips": 5})
-    summary = train.fit(cfg, tmp_path, dataset=dataset)
+    result = loop.fit(cfg, tmp_path, dataset=dataset)
+    summary = result.summary
     records = _metrics(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records[2]["train/skipped_steps"] == steps
@@ -511,7 +513,7 @@ def test_persistent_nonfinite_stops_and_restores_best(tmp_path, digits, monkeypa
     best_epoch = 1 + int(np.argmin([records[0]["val/loss"], records[1]["val/loss"]]))
     assert summary["best_epoch"] == best_epoch
     exp, best = _restore_epoch(tmp_path, cfg, best_epoch, dataset)
-    assert _tree_equal(summary["final_state"], best.state)
+    assert _tree_equal(result.state, best.state)
     _assert_summary_from(summary, exp, best.state)
 
 
@@ -521,13 +523,13 @@ def test_persistent_nonfinite_stops_and_restores_best(tmp_path, digits, monkeypa
 
 def test_changed_config_is_refused_and_restart_starts_over(tmp_path, capsys, digits):
     cfg = make_config(**{"train.num_epochs": 2})
-    train.fit(cfg, tmp_path, dataset=digits)
+    loop.fit(cfg, tmp_path, dataset=digits)
     before = (tmp_path / "metrics.jsonl").read_text(), (tmp_path / "config.json").read_text()
 
     changed = make_config(**{"train.num_epochs": 2, "optim.learning_rate": 0.002,
                              "model.widths": (16,)})
     with pytest.raises(run_files.ConfigMismatchError) as err:
-        train.fit(changed, tmp_path, dataset=digits)
+        loop.fit(changed, tmp_path, dataset=digits)
     message = str(err.value)
     assert "optim.learning_rate: 0.001 -> 0.002" in message
     assert "model.widths: [32] -> [16]" in message
@@ -535,18 +537,19 @@ def test_changed_config_is_refused_and_restart_starts_over(tmp_path, capsys, dig
     assert ((tmp_path / "metrics.jsonl").read_text(), (tmp_path / "config.json").read_text()) \
         == before  # refused before touching anything
 
-    changed.train.restart = True
+    changed = config.override(changed, {"train.restart": True})
     capsys.readouterr()
-    summary = train.fit(changed, tmp_path, dataset=digits)
+    result = loop.fit(changed, tmp_path, dataset=digits)
+    summary = result.summary
     assert "Resumed" not in capsys.readouterr().err
     assert json.loads((tmp_path / "config.json").read_text())["optim"]["learning_rate"] == 0.002
     assert [r["epoch"] for r in _metrics(tmp_path)] == [1, 2]
-    assert summary["final_state"].params["dense_0"]["kernel"].shape == (64, 16)
+    assert result.state.params["dense_0"]["kernel"].shape == (64, 16)
 
     # Rerunning the same command (restart=True still in it) resumes instead of wiping again.
     after = (tmp_path / "metrics.jsonl").read_text()
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    again = train.fit(changed, tmp_path, dataset=digits)
+    again = loop.fit(changed, tmp_path, dataset=digits).summary
     err = capsys.readouterr().err
     assert "resuming it" in err and "Resumed from epoch 2" in err
     assert (tmp_path / "metrics.jsonl").read_text() == after
@@ -570,7 +573,8 @@ def test_cli_refuses_changed_config_and_prints_no_deprecation(tmp_path):
     second = subprocess.run(base + ["--config.optim.learning_rate=0.002"], cwd=ROOT, env=_env(),
                             capture_output=True, text=True, timeout=240)
     assert second.returncode != 0
-    assert "ConfigMismatchError" in second.stderr
+    # experiments.cli reports the ConfigMismatchError as one line (its message), no traceback.
+    assert "holds a run with a different config" in second.stderr
     assert "optim.learning_rate: 0.001 -> 0.002" in second.stderr
 
 
@@ -582,24 +586,25 @@ def test_stop_patience_restores_best_not_last(tmp_path, capsys, digits):
     # min_delta far above any change in val/loss: epoch 1 is the only improvement, so with
     # patience 2 the run stops at epoch 3 whatever the numbers.
     cfg = make_config(**{"early_stopping.min_delta": 1e3, "early_stopping.patience": 2})
-    summary = train.fit(cfg, tmp_path, dataset=digits)
+    result = loop.fit(cfg, tmp_path, dataset=digits)
+    summary = result.summary
     assert summary["stop_reason"] == "patience"
     assert summary["best_epoch"] == 1 and summary["epochs_run"] == 3
     exp, best = _restore_epoch(tmp_path, cfg, 1, digits)
     _, last = _restore_epoch(tmp_path, cfg, 3, digits)
-    assert _tree_equal(summary["final_state"], best.state)
+    assert _tree_equal(result.state, best.state)
     assert not _tree_equal(best.state.params, last.state.params)
     _assert_summary_from(summary, exp, best.state)
     assert json.loads((tmp_path / "summary.json").read_text())["test/loss"] == summary["test/loss"]
     # Rerunning a finished run trains nothing and reports the same.
-    again = train.fit(cfg, tmp_path, dataset=digits)
+    again = loop.fit(cfg, tmp_path, dataset=digits).summary
     assert [r["epoch"] for r in _metrics(tmp_path)] == [1, 2, 3]
     assert again["test/loss"] == summary["test/loss"] and again["stop_reason"] == "patience"
     # Without step 3, the run resumes from 2 with wait = 1 saved there: patience runs out at 3
     # again (a counter restarted from 0 would stop at 4).
     shutil.rmtree(tmp_path / "checkpoints" / "3")
     capsys.readouterr()
-    again = train.fit(cfg, tmp_path, dataset=digits)
+    again = loop.fit(cfg, tmp_path, dataset=digits).summary
     assert "Resumed from epoch 2 " in capsys.readouterr().err
     assert again["stop_reason"] == "patience" and again["epochs_run"] == 3
     assert again["best_epoch"] == 1 and again["test/loss"] == summary["test/loss"]
@@ -615,12 +620,13 @@ def test_stop_max_epochs(four_epochs):
 
 def test_stop_diverged(tmp_path, digits):
     cfg = make_config(**{"early_stopping.divergence_threshold": 1e-6})
-    summary = train.fit(cfg, tmp_path, dataset=digits)
+    result = loop.fit(cfg, tmp_path, dataset=digits)
+    summary = result.summary
     assert summary["stop_reason"] == "diverged" and summary["epochs_run"] == 1
     # No epoch was ever acceptable: no best, and the test metrics are the last state's.
     assert summary["best_epoch"] is None
     exp, last = _restore_epoch(tmp_path, cfg, 1, digits)
-    assert _tree_equal(summary["final_state"], last.state)
+    assert _tree_equal(result.state, last.state)
     _assert_summary_from(summary, exp, last.state)
 
 
@@ -673,14 +679,15 @@ def test_restore_on_a_different_number_of_devices(tmp_path, write_devices, read_
     _assert_bit_equal(restored, _load_npz(workdir / "latest.npz"), "state across device counts")
 
 
-def test_run_epoch_replays_only_epochs_with_a_nonfinite_step(tiny_dataset):
-    """`run_epoch` = the guarded epoch when a step is non-finite, the unguarded one otherwise."""
-    from tests.conftest import tiny_config
-    cfg = tiny_config()
+def test_replay_if_nonfinite_replays_only_epochs_with_a_nonfinite_step(tiny_dataset):
+    """`replay_if_nonfinite` = the guarded epoch when a step is non-finite, the unguarded one
+    otherwise."""
+    from tests.conftest import tiny
+    cfg = tiny()
     train_x = np.array(tiny_dataset.train_x)
     train_x[7] = np.nan
     dataset = dataclasses.replace(tiny_dataset, train_x=train_x)
-    exp = train.build_experiment(cfg, dataset=dataset)
+    exp = experiment.build_experiment(cfg, dataset=dataset)
     calls = []
 
     def counting(fn):
@@ -688,16 +695,16 @@ def test_run_epoch_replays_only_epochs_with_a_nonfinite_step(tiny_dataset):
             calls.append(fn)
             return fn(*a)
         return wrapped
-    fast, guarded = counting(exp.train_epoch), counting(exp.train_epoch_guarded)
+    fast, guarded = counting(exp.epoch_fn), counting(exp.epoch_fn_guarded)
     state0 = exp.init_state()
     fresh = exp.init_state  # deterministic; the guarded epoch donates its input
     idx = np.asarray(exp.batch_indices(1))
     bad_step = int(np.nonzero((idx == 7).any(axis=1))[0][0])
 
     # An epoch that draws row 7: replayed with the guard, result identical to the guarded epoch.
-    state, m = train.run_epoch(fast, guarded, state0, *exp.train_arrays, jnp.asarray(idx))
-    assert len(calls) == 2 and calls[1] is exp.train_epoch_guarded
-    ref_state, ref_m = exp.train_epoch_guarded(fresh(), *exp.train_arrays, jnp.asarray(idx))
+    state, m = train.replay_if_nonfinite(fast, guarded, state0, *exp.train_arrays, jnp.asarray(idx))
+    assert len(calls) == 2 and calls[1] is exp.epoch_fn_guarded
+    ref_state, ref_m = exp.epoch_fn_guarded(fresh(), *exp.train_arrays, jnp.asarray(idx))
     assert _tree_equal(state, ref_state)
     assert np.flatnonzero(m["skipped"]).tolist() == [bad_step]
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
@@ -705,7 +712,7 @@ def test_run_epoch_replays_only_epochs_with_a_nonfinite_step(tiny_dataset):
     # An epoch without row 7: one unguarded pass, equal to the unguarded epoch.
     calls.clear()
     clean_idx = jnp.asarray(idx[np.arange(len(idx)) != bad_step])
-    state, m = train.run_epoch(fast, guarded, fresh(), *exp.train_arrays, clean_idx)
-    assert calls == [exp.train_epoch]
-    ref_state, _ = exp.train_epoch(fresh(), *exp.train_arrays, clean_idx)
+    state, m = train.replay_if_nonfinite(fast, guarded, fresh(), *exp.train_arrays, clean_idx)
+    assert calls == [exp.epoch_fn]
+    ref_state, _ = exp.epoch_fn(fresh(), *exp.train_arrays, clean_idx)
     assert _tree_equal(state, ref_state) and m["skipped"].sum() == 0

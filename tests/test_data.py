@@ -1,7 +1,6 @@
-"""Tests for ml_practical.data: IDX files, the three sources, splits, statistics, batch order."""
+"""Tests for ml_practical.data: the sources, splits, normalization statistics and batch order."""
 
 import collections
-import gzip
 import re
 import sys
 import time
@@ -11,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ml_practical import data
+from ml_practical import config, data, idx
 
 N_TRAIN, N_TEST, H, W = 200, 50, 28, 28
 
@@ -19,11 +18,16 @@ N_TRAIN, N_TEST, H, W = 200, 50, 28, 28
 # --------------------------------------------------------------------------- fixtures
 
 
+def _section(fields):
+    """A `DataConfig` built (and checked) from a mapping, as `config.parse` builds `data`."""
+    return config.build(config.DataConfig, fields)
+
+
 def _cfg(**kw):
     base = {"source": "idx", "data_dir": None, "val_size": 40, "split_seed": 0,
             "normalize": "global", "limit_train": 0}
     base.update(kw)
-    return base
+    return _section(base)
 
 
 def _write_mnist(dirpath, train_x, train_y, test_x, test_y, gz=True):
@@ -59,136 +63,6 @@ def _source_indices(ds_x, raw_images):
     lookup = _row_index(raw_images)
     rows = np.rint(np.asarray(ds_x)[..., 0] * 255).astype(np.uint8)
     return np.array([lookup[r.tobytes()] for r in rows])
-
-
-# --------------------------------------------------------------------------- IDX round trips
-
-
-@pytest.mark.parametrize("suffix", ["", ".gz"])
-@pytest.mark.parametrize("array", [
-    np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8),
-    np.arange(7, dtype=np.uint8),
-    np.random.default_rng(1).normal(size=(3, 2)).astype(np.float32),
-    np.array([-128, 0, 127], np.int8),
-    np.array([[-30000, 2], [3, 30000]], np.int16),
-    np.array([-2**31, 0, 2**31 - 1], np.int32),
-    np.array([np.pi, -1e300], np.float64),
-], ids=["u8_3d", "u8_1d", "f32_2d", "i8", "i16", "i32", "f64"])
-def test_idx_round_trip(tmp_path, array, suffix):
-    path = tmp_path / f"a.idx{suffix}"
-    data.write_idx(path, array)
-    out = data.read_idx(path)
-    assert out.dtype == array.dtype and out.shape == array.shape
-    np.testing.assert_array_equal(out, array)
-    assert out.flags.writeable
-    if suffix:  # really compressed, and bit-identical on a second write (mtime=0)
-        first = path.read_bytes()
-        assert first[:2] == b"\x1f\x8b"
-        data.write_idx(path, array)
-        assert path.read_bytes() == first
-
-
-def test_idx_reads_hand_built_bytes(tmp_path):
-    """The LeCun layout, written byte by byte, independently of write_idx."""
-    p = tmp_path / "u8"
-    p.write_bytes(bytes([0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 255]))
-    np.testing.assert_array_equal(data.read_idx(p), [[1, 2, 3], [4, 5, 255]])
-    p = tmp_path / "i16"  # big-endian: 0x0100 = 256, 0xFFFE = -2
-    p.write_bytes(bytes([0, 0, 0x0B, 1, 0, 0, 0, 2, 0x01, 0x00, 0xFF, 0xFE]))
-    np.testing.assert_array_equal(data.read_idx(p), [256, -2])
-    p = tmp_path / "f32"  # 0x3FC00000 = 1.5
-    p.write_bytes(bytes([0, 0, 0x0D, 1, 0, 0, 0, 1, 0x3F, 0xC0, 0, 0]))
-    assert data.read_idx(p).tolist() == [1.5]
-    # write_idx produces the same header for the same array.
-    data.write_idx(tmp_path / "w", np.array([[1, 2, 3], [4, 5, 255]], np.uint8))
-    assert (tmp_path / "w").read_bytes()[:12] == bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3])
-
-
-def test_write_idx_rejects_unsupported_dtype(tmp_path):
-    with pytest.raises(ValueError, match=r"dtype int64 has no IDX type code.*uint8"):
-        data.write_idx(tmp_path / "x", np.arange(3, dtype=np.int64))
-
-
-# --------------------------------------------------------------------------- corrupt files
-
-
-def _good_bytes():
-    return bytes([0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6))
-
-
-@pytest.mark.parametrize("name,content,message", [
-    ("bad_magic", b"\x01\x00" + _good_bytes()[2:], "bad magic 01000802"),
-    ("gz_without_suffix", gzip.compress(_good_bytes(), mtime=0), "looks gzip-compressed"),
-    ("type_code", _good_bytes()[:2] + b"\x0a" + _good_bytes()[3:], "unknown type code 0x0A"),
-    ("truncated", _good_bytes()[:-1], "truncated.*needs 6 payload bytes but the file has 5"),
-    ("trailing", _good_bytes() + b"\x00", "trailing bytes.*needs 6 payload bytes.*has 7"),
-    ("short_header", _good_bytes()[:9], "header needs 12 bytes"),
-    ("too_short", b"\x00\x00", "too short"),
-    ("zero_ndim", bytes([0, 0, 8, 0]), "ndim is 0"),
-])
-def test_read_idx_rejects_corrupt_file(tmp_path, name, content, message):
-    path = tmp_path / name
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
-        data.read_idx(path)
-
-
-def test_read_idx_corrupt_gzip(tmp_path):
-    garbage = tmp_path / "garbage.gz"
-    garbage.write_bytes(b"this is not gzip at all")
-    with pytest.raises(ValueError, match=re.escape(str(garbage)) + ".*corrupt gzip"):
-        data.read_idx(garbage)
-    good = gzip.compress(_good_bytes(), mtime=0)
-    crc = tmp_path / "crc.gz"  # flip a bit of the CRC32 trailer: the payload inflates fine
-    crc.write_bytes(good[:-8] + bytes([good[-8] ^ 1]) + good[-7:])
-    with pytest.raises(ValueError, match=re.escape(str(crc)) + ".*corrupt gzip.*CRC"):
-        data.read_idx(crc)
-    cut = tmp_path / "cut.gz"
-    cut.write_bytes(good[:-10])
-    with pytest.raises(ValueError, match=re.escape(str(cut)) + ".*corrupt gzip"):
-        data.read_idx(cut)
-
-
-def test_load_idx_dir_count_mismatch(fake_mnist):
-    data.write_idx(fake_mnist.dir / "t10k-labels-idx1-ubyte.gz", fake_mnist.test_y[:-1])
-    with pytest.raises(ValueError, match=r"test split.*t10k-images-idx3-ubyte\.gz has 50 images "
-                                         r"but .*t10k-labels-idx1-ubyte\.gz has 49 labels"):
-        data.load_idx_dir(fake_mnist.dir)
-
-
-def test_load_idx_dir_wrong_ndim(fake_mnist):
-    data.write_idx(fake_mnist.dir / "train-images-idx3-ubyte.gz",
-                   fake_mnist.train_x.reshape(N_TRAIN, -1))
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: images have shape "
-                                         r"\(200, 784\); expected 3"):
-        data.load_idx_dir(fake_mnist.dir)
-
-
-def test_load_idx_dir_missing_file(fake_mnist):
-    (fake_mnist.dir / "train-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(fake_mnist.dir))
-                       + r".*'train-labels-idx1-ubyte', 'train-labels-idx1-ubyte\.gz'"):
-        data.load_idx_dir(fake_mnist.dir)
-
-
-def test_load_idx_dir_missing_dir(tmp_path):
-    missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError,
-                       match=re.escape(str(missing)) + ".*ML_PRACTICAL_DATA_DIR"):
-        data.load_idx_dir(missing)
-
-
-def test_load_idx_dir_accepts_raw_and_dotted_names(fake_mnist, tmp_path):
-    d = tmp_path / "raw"
-    d.mkdir()
-    _write_mnist(d, fake_mnist.train_x, fake_mnist.train_y, fake_mnist.test_x, fake_mnist.test_y,
-                 gz=False)
-    (d / "t10k-images-idx3-ubyte").rename(d / "t10k-images.idx3-ubyte")
-    raw = data.load_idx_dir(d)
-    np.testing.assert_array_equal(raw.train_x, fake_mnist.train_x)
-    np.testing.assert_array_equal(raw.test_x, fake_mnist.test_x)
-    np.testing.assert_array_equal(raw.test_y, fake_mnist.test_y)
-    assert raw.scale == 255.0 and raw.name == "raw"
 
 
 # --------------------------------------------------------------------------- load_dataset on IDX
@@ -309,20 +183,40 @@ def test_env_var_fallback(fake_mnist, monkeypatch):
 
 
 def test_config_dict_accepted(fake_mnist):
-    cfg = ml_collections.ConfigDict(_cfg(data_dir=str(fake_mnist.dir), val_size=25))
+    fields = {"source": "idx", "data_dir": str(fake_mnist.dir), "val_size": 25}
+    cfg = _section(ml_collections.ConfigDict(fields))
     assert len(data.load_dataset(cfg).val_y) == 25
+    # load_dataset takes the typed section only: a raw mapping is refused, naming what it wants.
+    for raw in (fields, ml_collections.ConfigDict(fields)):
+        with pytest.raises(TypeError, match="DataConfig"):
+            data.load_dataset(raw)
+
+
+def test_arrays_source_is_refused_by_load_dataset():
+    # "arrays": the caller hands loop.fit the Dataset itself; there is no file or set to load.
+    with pytest.raises(ValueError, match=r"data\.source: 'arrays' means the caller passes the "
+                                         r"Dataset.*dataset=.*nothing to load"):
+        data.load_dataset(_cfg(source="arrays"))
+
+
+def test_data_reexports_the_idx_reader():
+    for name in ("read_idx", "write_idx", "load_idx_dir", "resolve_data_dir", "RawSplits",
+                 "DATA_DIR_ENV"):
+        assert getattr(data, name) is getattr(idx, name)
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"source": "csv"}, r"data.source: unknown 'csv'; expected one of \['digits', 'idx', 'tfds'\]"),
+    ({"source": "csv"}, r"data.source: unknown 'csv'; expected one of \['arrays', 'digits', 'idx', "
+                        r"'tfds'\]"),
     ({"normalize": "minmax"}, r"data.normalize: unknown 'minmax'; expected one of \['global', "
                               r"'none', 'per_pixel'\]"),
-    ({"val_size": 0}, r"data.val_size: 0 gives 0 validation examples; expected 1 .. 199"),
+    ({"val_size": 0}, r"data.val_size: 0 out of range; expected a number > 0"),
+    ({"val_size": 0.001}, r"data.val_size: 0.001 gives 0 validation examples; expected 1 .. 199"),
     ({"val_size": 200}, r"data.val_size: 200 gives 200"),
     ({"val_size": 1.0}, r"data.val_size: 1.0 as a fraction must lie in \(0, 1\)"),
     ({"val_size": True}, r"data.val_size: True"),
-    ({"split_seed": -1}, r"data.split_seed: -1; expected an integer >= 0"),
-    ({"val_sise": 3}, r"data: unknown field\(s\) \['val_sise'\]"),
+    ({"split_seed": -1}, r"data.split_seed: -1 out of range; expected an integer >= 0"),
+    ({"val_sise": 3}, r"data.val_sise: unknown field; did you mean 'val_size'\?"),
 ])
 def test_bad_config_values(fake_mnist, override, message):
     with pytest.raises(ValueError, match=message):
@@ -335,7 +229,7 @@ def test_bad_config_values(fake_mnist, override, message):
 def test_digits_source():
     from sklearn.datasets import load_digits
 
-    ds = data.load_dataset({"source": "digits", "val_size": 0.1, "normalize": "none"})
+    ds = data.load_dataset(_section({"source": "digits", "val_size": 0.1, "normalize": "none"}))
     assert ds.train_x.shape[1:] == (8, 8, 1) and ds.num_classes == 10
     assert len(ds.test_y) == 360 and len(ds.val_y) == 144 and len(ds.train_y) == 1293
     assert ds.train_x.min() == 0.0 and ds.train_x.max() == 1.0  # 0..16 scaled by 1/16
@@ -349,8 +243,8 @@ def test_digits_source():
                    for img, lab in zip(x, y))
     assert got == want
     # The test split does not move with split_seed.
-    other = data.load_dataset({"source": "digits", "val_size": 0.1, "normalize": "none",
-                               "split_seed": 5})
+    other = data.load_dataset(_section({"source": "digits", "val_size": 0.1, "normalize": "none",
+                                        "split_seed": 5}))
     np.testing.assert_array_equal(other.test_x, ds.test_x)
     assert not np.array_equal(other.val_y, ds.val_y)
 
@@ -398,7 +292,7 @@ def test_tfds_missing_says_install_extra(monkeypatch):
     with pytest.raises(ImportError, match=re.escape('pip install -e ".[tfds]"')):
         data.load_tfds("mnist")
     with pytest.raises(ImportError, match=re.escape('pip install -e ".[tfds]"')):
-        data.load_dataset({"source": "tfds", "tfds_name": "mnist"})
+        data.load_dataset(_section({"source": "tfds", "tfds_name": "mnist"}))
 
 
 class _FakeBuilder:
@@ -438,7 +332,8 @@ def test_tfds_unprepared_fails_fast(monkeypatch, tmp_path):
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError,
                        match=re.escape(builder.data_dir) + r".*data.download=True.*tfds build"):
-        data.load_dataset({"source": "tfds", "tfds_name": "mnist", "data_dir": str(tmp_path)})
+        data.load_dataset(_section({"source": "tfds", "tfds_name": "mnist",
+                                    "data_dir": str(tmp_path)}))
     assert time.perf_counter() - start < 2.0
     assert builder.calls == ["is_prepared"]  # nothing else was touched
 
@@ -459,8 +354,9 @@ def test_tfds_prepared_gives_dataset(monkeypatch, tmp_path):
                   "label": rng.integers(0, 4, n)} for s, n in (("train", 30), ("test", 8))}
     builder = _FakeBuilder("fashion_mnist", str(tmp_path), prepared=True, splits=splits)
     _fake_tfds(monkeypatch, builder)
-    ds = data.load_dataset({"source": "tfds", "tfds_name": "fashion_mnist",
-                            "data_dir": str(tmp_path), "val_size": 5, "normalize": "none"})
+    ds = data.load_dataset(_section({"source": "tfds", "tfds_name": "fashion_mnist",
+                                     "data_dir": str(tmp_path), "val_size": 5,
+                                     "normalize": "none"}))
     assert ds.name == "fashion_mnist"
     assert ds.num_classes == 10  # from the label feature, not max(label) + 1 = 4
     assert ds.train_x.shape == (25, 6, 6, 1) and ds.val_x.shape == (5, 6, 6, 1)

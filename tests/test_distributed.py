@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import digits_mlp
-from ml_practical import checkpointing, distributed, run_files, train
+from ml_practical import checkpointing, config, distributed, experiment, run_files, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Momentum SGD keeps two summation orders within float32 rounding (see tests/test_sharding.py).
@@ -80,21 +80,20 @@ def _finish(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
     return outs
 
 
-def _config():
+def _config() -> config.Config:
+    """The CLI's config (digits_mlp with OVERRIDES), parsed as `experiments.train` parses it."""
     cfg = digits_mlp.get_config()
     for dotted, value in OVERRIDES.items():
         section, field = dotted.split(".")
         cfg[section][field] = value
-    return cfg
+    return config.parse(cfg)
 
 
 def _restore(workdir, epoch):
     """Step `epoch` of `workdir`'s checkpoints, restored in this process on one device."""
     cfg = _config()
-    exp = train.build_experiment(cfg, mesh=train.make_mesh(1))
-    ckpt = checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg,
-                                         monitor=cfg.early_stopping.monitor,
-                                         mode=cfg.early_stopping.mode)
+    exp = experiment.build_experiment(cfg, mesh=train.make_mesh(1))
+    ckpt = checkpointing.RunCheckpointer(pathlib.Path(workdir) / "checkpoints", cfg)
     try:
         return exp, ckpt.restore(epoch, exp.init_state())
     finally:

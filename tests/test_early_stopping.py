@@ -232,7 +232,10 @@ def test_mode_is_required():
 
 @pytest.mark.parametrize("mode", ["auto", "MIN", "minimize", None, ""])
 def test_invalid_mode_names_field_and_allowed_values(mode):
-    with pytest.raises(ValueError, match=r"EarlyStopping\.mode: unknown .*\['max', 'min'\]"):
+    # The section's dotted field, as config.check_fields names it; None is refused as
+    # "early_stopping.mode: None; expected one of [...]", without the word "unknown".
+    with pytest.raises(ValueError,
+                       match=r"early_stopping\.mode: .*expected one of \['max', 'min'\]"):
         EarlyStopping(monitor="val/loss", mode=mode, patience=3)
 
 
@@ -246,7 +249,7 @@ def test_invalid_mode_names_field_and_allowed_values(mode):
 ])
 def test_invalid_option_names_field(field, value):
     options = {"monitor": "val/loss", "mode": "min", "patience": 3, field: value}
-    with pytest.raises(ValueError, match=rf"EarlyStopping\.{field}: "):
+    with pytest.raises(ValueError, match=rf"early_stopping\.{field}: "):
         EarlyStopping(**options)
 
 

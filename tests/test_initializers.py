@@ -1,7 +1,10 @@
-"""Tests for ml_practical.initializers: formulas against the chapter's hand values, sample
-statistics against the formulas, and samples against jax.nn.initializers where both draw alike."""
+"""Tests for ml_practical.initializers: formulas, sample statistics, jax agreement, and specs."""
+
+# The formulas are checked against the chapter's hand values, sample statistics against the
+# formulas, and samples against jax.nn.initializers where both draw alike.
 
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -161,7 +164,7 @@ def test_uniform_limits(name, kwargs, limit):
 
 def test_modes_differ_on_non_square_kernel():
     # CONV: fan_in 576 < fan_avg 864 < fan_out 1152, so the stds are strictly ordered.
-    stds = {m: _stats(I.he_normal(mode=m)(_key(6), CONV))[1] for m in I.MODES}
+    stds = {m: _stats(I.he_normal(mode=m)(_key(6), CONV))[1] for m in I.FAN_MODES}
     assert stds["fan_in"] > stds["fan_avg"] > stds["fan_out"]
     assert stds["fan_avg"] == pytest.approx(math.sqrt(2 / 864), rel=STD_RTOL)
 
@@ -411,3 +414,68 @@ def test_invalid_arguments_raise_naming_the_argument(call, field):
 def test_invalid_mode_error_lists_modes():
     with pytest.raises(ValueError, match=r"expected one of \['fan_avg', 'fan_in', 'fan_out'\]"):
         I.he_normal(mode="avg")
+
+
+# ------------------------------------------------------------------------------------------------
+# Specs: a name with arguments in call syntax, as a config file writes it
+
+
+@pytest.mark.parametrize("spec, parsed", [
+    ("he_normal", ("he_normal", {})),
+    ("normal(stddev=0.05)", ("normal", {"stddev": 0.05})),
+    ("constant(0.01)", ("constant", {"value": 0.01})),
+    ("he_normal('fan_out', 0.2)", ("he_normal", {"mode": "fan_out", "negative_slope": 0.2})),
+    ("normal(0.5, truncated=True)", ("normal", {"stddev": 0.5, "truncated": True})),
+    (" normal ( stddev = 0.05 ) ", ("normal", {"stddev": 0.05})),
+    ("zeros()", ("zeros", {})),
+])
+def test_parse_spec(spec, parsed):
+    assert I.parse_spec(spec) == parsed
+
+
+def test_constant_spec_equals_constant_with_value():
+    np.testing.assert_array_equal(np.asarray(I.get("constant(0.01)")(_key(19), SMALL)),
+                                  np.asarray(I.get("constant", value=0.01)(_key(19), SMALL)))
+    np.testing.assert_array_equal(np.asarray(I.get("constant(0.01)")(_key(19), SMALL)),
+                                  np.full(SMALL, 0.01, np.float32))
+
+
+def test_normal_spec_draws_its_stddev():
+    w = I.get("normal(stddev=0.05)")(_key(20), DENSE)
+    assert w.shape == DENSE and w.dtype == jnp.float32
+    assert _stats(w)[1] == pytest.approx(0.05, rel=STD_RTOL)
+    np.testing.assert_array_equal(np.asarray(w),
+                                  np.asarray(I.get("normal", stddev=0.05)(_key(20), DENSE)))
+
+
+def test_spec_arguments_are_checked_like_keyword_arguments():
+    with pytest.raises(ValueError, match=r"^stddev: "):
+        I.get("normal(stddev=-0.01)")
+    with pytest.raises(ValueError, match=r"unexpected argument\(s\) \['mode'\]"):
+        I.get("xavier_normal(mode='fan_in')")
+    with pytest.raises(ValueError, match=r"^initializer: unknown 'kaiming'; expected one of "
+                                         r"\['constant', "):
+        I.get("kaiming(0.1)")
+
+
+@pytest.mark.parametrize("spec", [
+    "normal(stddev=0.05",                 # unclosed
+    "normal(stddev=0.05))",               # one parenthesis too many
+    "normal(0.05)[0]",                    # not a call
+    "he_normal(mode=fan_out)",            # a name, not a literal
+    "normal(*[0.05])",                    # starred arguments
+    "constant(0.1, value=0.2)",           # the same argument twice
+    "constant(value=0.01, value=0.02)",   # the same keyword twice (a SyntaxError in Python)
+    "normal(0.05)(1)",                    # a call of a call
+    "constant(0.1, 0.2)",                 # more positional arguments than the factory takes
+])
+def test_malformed_spec_raises_naming_the_spec(spec):
+    with pytest.raises(ValueError, match=re.escape(repr(spec))):
+        I.get(spec)
+
+
+def test_expected_std_takes_specs_too():
+    assert I.expected_std("normal(stddev=0.05)", (300, 200)) == 0.05
+    assert I.expected_std("constant(0.3)", (3, 3)) == 0.0
+    assert I.expected_std("he_normal(mode='fan_out')", (300, 200)) == \
+        I.expected_std("he_normal", (300, 200), mode="fan_out")

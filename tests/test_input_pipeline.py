@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import mnist_mlp
+from ml_practical import config
 from ml_practical import data as data_lib
-from ml_practical import input_pipeline, train
-from tests.conftest import tiny_config
+from ml_practical import experiment, input_pipeline, loop, tasks, train
+from tests.conftest import tiny, tiny_config
 
 
 def _leaves_equal(a, b):
@@ -39,22 +40,22 @@ def test_host_fit_is_bit_identical_to_device_fit(tmp_path, tiny_dataset):
     on the same rows, and XLA compiles the step the same way whether its batch was gathered on the
     device or arrived as a slice of the chunk.
     """
-    device = train.fit(tiny_config(**{"data.placement": "device", "train.num_epochs": 2}),
-                       tmp_path / "d", dataset=tiny_dataset)
-    host = train.fit(tiny_config(**{"data.placement": "host", "data.chunk_steps": 3,
-                                    "train.num_epochs": 2}), tmp_path / "h", dataset=tiny_dataset)
-    assert _leaves_equal(device["final_state"].params, host["final_state"].params)
-    assert _leaves_equal(device["final_state"].batch_stats, host["final_state"].batch_stats)
-    assert _leaves_equal(device["final_state"].opt_state, host["final_state"].opt_state)
+    device = loop.fit(tiny(**{"data.placement": "device", "train.num_epochs": 2}),
+                      tmp_path / "d", dataset=tiny_dataset)
+    host = loop.fit(tiny(**{"data.placement": "host", "data.chunk_steps": 3,
+                            "train.num_epochs": 2}), tmp_path / "h", dataset=tiny_dataset)
+    assert _leaves_equal(device.state.params, host.state.params)
+    assert _leaves_equal(device.state.batch_stats, host.state.batch_stats)
+    assert _leaves_equal(device.state.opt_state, host.state.opt_state)
     assert _records(tmp_path / "d") == _records(tmp_path / "h")
     assert len(_records(tmp_path / "h")) == 2
-    assert host["test/loss"] == device["test/loss"]
+    assert host.summary["test/loss"] == device.summary["test/loss"]
     on_disk = json.loads((tmp_path / "h" / "summary.json").read_text())
     assert on_disk["input"]["placement"] == "host" and on_disk["input"]["chunk_steps"] == 3
-    assert device["input"]["placement"] == "device"
+    assert device.summary["input"]["placement"] == "device"
     # The comparison is not vacuous: training moved the parameters.
-    fresh = train.build_experiment(tiny_config(), dataset=tiny_dataset).init_state()
-    assert not _leaves_equal(fresh.params, host["final_state"].params)
+    fresh = experiment.build_experiment(tiny(), dataset=tiny_dataset).init_state()
+    assert not _leaves_equal(fresh.params, host.state.params)
 
 
 def test_host_epoch_replays_a_nonfinite_epoch_like_device(tiny_dataset):
@@ -64,8 +65,8 @@ def test_host_epoch_replays_a_nonfinite_epoch_like_device(tiny_dataset):
     dataset = dataclasses.replace(tiny_dataset, train_x=train_x)
     out = {}
     for placement in ("device", "host"):
-        exp = train.build_experiment(
-            tiny_config(**{"data.placement": placement, "data.chunk_steps": 4}), dataset=dataset)
+        exp = experiment.build_experiment(
+            tiny(**{"data.placement": placement, "data.chunk_steps": 4}), dataset=dataset)
         state = exp.init_state()
         metrics = []
         for epoch in (1, 2):
@@ -84,13 +85,14 @@ def test_host_epoch_replays_a_nonfinite_epoch_like_device(tiny_dataset):
 @pytest.mark.parametrize("chunk_steps,shapes", [(3, 2), (50, 1)])
 def test_streamed_epoch_handles_partial_and_oversized_chunks(tiny_dataset, chunk_steps, shapes):
     """8 steps in chunks of 3 (3, 3, 2: two compiled shapes) or of 50 (one chunk of 8)."""
-    exp = train.build_experiment(tiny_config(**{"data.placement": "device"}),
-                                 dataset=tiny_dataset)
-    chunk_fn = train.make_train_epoch(exp.model, exp.tx, label_smoothing=0.1, mesh=exp.mesh,
-                                      donate=False, gather=False)
+    exp = experiment.build_experiment(tiny(**{"data.placement": "device"}),
+                                      dataset=tiny_dataset)
+    chunk_fn = train.make_train_epoch(exp.model, exp.tx,
+                                      task=tasks.Classification(label_smoothing=0.1),
+                                      mesh=exp.mesh, donate=False, gather=False)
     streamed = input_pipeline.make_streamed_epoch(chunk_fn, exp.mesh, chunk_steps)
     idx = exp.batch_indices(1)
-    ref_state, ref_m = exp.train_epoch_guarded(exp.init_state(), *exp.train_arrays, idx)
+    ref_state, ref_m = exp.epoch_fn_guarded(exp.init_state(), *exp.train_arrays, idx)
     state, m = streamed(exp.init_state(), tiny_dataset.train_x, tiny_dataset.train_y, idx)
     assert int(state.step) == exp.steps_per_epoch == 8
     assert _leaves_equal(state, ref_state)
@@ -182,24 +184,25 @@ def test_prefetch_runs_at_most_depth_ahead_and_stops_with_the_consumer():
 
 def test_auto_resolves_against_the_budget():
     mib = 2**20
-    cfg = {"placement": "auto", "device_budget_mb": 2.0, "chunk_steps": 32}
+    cfg = config.DataConfig(placement="auto", device_budget_mb=2.0, chunk_steps=32)
     assert input_pipeline.resolve_placement(cfg, 2 * mib).placement == "device"  # fits exactly
     assert input_pipeline.resolve_placement(cfg, 2 * mib + 1).placement == "host"
-    forced = input_pipeline.resolve_placement({**cfg, "placement": "device"}, 10 * mib)
+    forced = input_pipeline.resolve_placement(dataclasses.replace(cfg, placement="device"),
+                                              10 * mib)
     assert forced.placement == "device" and forced.requested == "device"
-    assert input_pipeline.resolve_placement({}, 1).info() == {
+    assert input_pipeline.resolve_placement(config.DataConfig(), 1).info() == {
         "requested": "auto", "placement": "device", "train_bytes": 1,
         "budget_bytes": 1024 * mib, "chunk_steps": 32}
 
 
 def test_auto_keeps_a_training_set_over_budget_on_the_host(tiny_dataset):
     # 256 x 16 float32 + 256 int32 = 17408 bytes > 0.01 MiB = 10485 bytes.
-    exp = train.build_experiment(tiny_config(**{"data.device_budget_mb": 0.01}),
-                                 dataset=tiny_dataset)
+    exp = experiment.build_experiment(tiny(**{"data.device_budget_mb": 0.01}),
+                                      dataset=tiny_dataset)
     assert exp.placement.placement == "host" and exp.placement.train_bytes == 17408
     assert all(isinstance(a, np.ndarray) for a in exp.train_arrays)  # never put on a device
-    big = train.build_experiment(tiny_config(**{"data.device_budget_mb": 0.02}),
-                                 dataset=tiny_dataset)
+    big = experiment.build_experiment(tiny(**{"data.device_budget_mb": 0.02}),
+                                      dataset=tiny_dataset)
     assert big.placement.placement == "device"
     assert all(isinstance(a, jax.Array) for a in big.train_arrays)
 
@@ -207,20 +210,28 @@ def test_auto_keeps_a_training_set_over_budget_on_the_host(tiny_dataset):
 @pytest.mark.parametrize("field,value,needle", [
     ("placement", "gpu", r"data.placement: unknown 'gpu'; expected one of "
                          r"\['auto', 'device', 'host'\]"),
-    ("device_budget_mb", -1.0, r"data.device_budget_mb: -1.0; expected a number >= 0"),
-    ("chunk_steps", 0, r"data.chunk_steps: 0; expected an integer >= 1"),
+    ("device_budget_mb", -1.0, r"data.device_budget_mb: -1.0 out of range; "
+                               r"expected a number >= 0"),
+    ("chunk_steps", 0, r"data.chunk_steps: 0 out of range; expected an integer >= 1"),
 ])
-def test_bad_placement_fields_name_the_field(tiny_dataset, field, value, needle):
-    with pytest.raises(ValueError, match=needle):
-        train.build_experiment(tiny_config(**{f"data.{field}": value}), dataset=tiny_dataset)
+def test_bad_placement_fields_name_the_field(field, value, needle):
+    # Refused when the config is parsed, before an experiment (or anything else) is built.
+    with pytest.raises(config.ConfigError, match=needle):
+        config.parse(tiny_config(**{f"data.{field}": value}))
+
+
+PLACEMENT_FIELDS = ("placement", "device_budget_mb", "chunk_steps")  # what resolve_placement reads
 
 
 def test_config_and_loader_agree_on_the_placement_fields():
     cfg = mnist_mlp.get_config()
-    assert data_lib.PLACEMENT_FIELDS == tuple(input_pipeline.PIPELINE_DEFAULTS)
-    assert {k: cfg.data[k] for k in data_lib.PLACEMENT_FIELDS} == input_pipeline.PIPELINE_DEFAULTS
+    # The placement fields and their defaults are declared once, in config.DataConfig.
+    defaults = {f.name: f.default for f in dataclasses.fields(config.DataConfig)
+                if f.name in PLACEMENT_FIELDS}
+    assert tuple(defaults) == PLACEMENT_FIELDS
+    assert {k: cfg.data[k] for k in PLACEMENT_FIELDS} == defaults
     # load_dataset accepts (and ignores) them; a misspelt one still fails.
     cfg.data.source, cfg.data.val_size = "digits", 100
-    assert len(data_lib.load_dataset(cfg.data).val_y) == 100
+    assert len(data_lib.load_dataset(config.build(config.DataConfig, cfg.data)).val_y) == 100
     with pytest.raises(ValueError, match="placment"):
-        data_lib.load_dataset({"source": "digits", "placment": "host"})
+        config.build(config.DataConfig, {"source": "digits", "placment": "host"})

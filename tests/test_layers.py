@@ -1,4 +1,4 @@
-"""Tests for ml_practical.layers: equal to flax.linen and to numpy references, and the chapter's numbers."""
+"""Tests for ml_practical.layers: against flax.linen, numpy references and the chapter's numbers."""
 
 import flax.linen as fnn
 import jax
@@ -310,6 +310,48 @@ def test_instancenorm_equals_groupnorm_per_channel_and_numpy():
 def test_instancenorm_rejects_rank2_input():
     with pytest.raises(ValueError, match="spatial"):
         layers.InstanceNorm().init(jax.random.key(0), jnp.ones((4, 3)), train=False)
+
+
+def test_layernorm_axes_all_equals_groupnorm_one_group_and_numpy():
+    x = 1.5 + 2.5 * jax.random.normal(jax.random.key(18), (3, 4, 5, 6))
+    variables = {"params": random_affine(jax.random.key(19), 6)}
+    ln = layers.LayerNorm(axes="all", epsilon=1e-5)
+    assert jax.tree.map(jnp.shape, ln.init(jax.random.key(0), x, train=False)) == {
+        "params": {"scale": (6,), "bias": (6,)}}  # gamma and beta per feature, as for "features"
+    y = ln.apply(variables, x, train=True)
+    np.testing.assert_array_equal(y, ln.apply(variables, x, train=False))
+    y_gn = layers.GroupNorm(num_groups=1, epsilon=1e-5).apply(variables, x, train=True)
+    np.testing.assert_allclose(y, y_gn, atol=1e-6)
+    g, b = (np.asarray(variables["params"][k]) for k in ("scale", "bias"))
+    np.testing.assert_allclose(y, np_normalize(x, (1, 2, 3), g, b, 1e-5), atol=1e-5)
+    # Not the default: statistics over the features alone give a different output.
+    y_features = layers.LayerNorm(epsilon=1e-5).apply(variables, x, train=True)
+    assert not np.allclose(y, y_features, atol=1e-3)
+
+
+def test_layernorm_rejects_unknown_axes():
+    with pytest.raises(ValueError,
+                       match=r"LayerNorm\.axes: unknown 'spatial'.*\['all', 'features'\]"):
+        layers.LayerNorm(axes="spatial")
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+def test_pure_norm_functions_equal_their_modules(affine):
+    x = 0.5 + 2.0 * jax.random.normal(jax.random.key(20), (3, 4, 5, 8))
+    params = random_affine(jax.random.key(21), 8) if affine else {}
+    scale, bias = (params["scale"], params["bias"]) if affine else (None, None)
+    kw = dict(epsilon=1e-5, use_scale=affine, use_bias=affine)
+    apply = lambda module: module.apply({"params": params}, x, train=True)  # noqa: E731
+    for axes in ("features", "all"):
+        np.testing.assert_array_equal(layers.layer_norm(x, scale, bias, 1e-5, axes),
+                                      apply(layers.LayerNorm(axes=axes, **kw)))
+    np.testing.assert_array_equal(layers.layer_norm(x, scale, bias, 1e-5),
+                                  apply(layers.LayerNorm(**kw)))  # default axes="features"
+    for groups in (1, 4, 8):
+        np.testing.assert_array_equal(layers.group_norm(x, groups, scale, bias, 1e-5),
+                                      apply(layers.GroupNorm(num_groups=groups, **kw)))
+    np.testing.assert_array_equal(layers.instance_norm(x, scale, bias, 1e-5),
+                                  apply(layers.InstanceNorm(**kw)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,12 +106,6 @@ def test_smoothing_out_of_range_raises():
         losses.smooth_labels(jnp.array([0]), 3, 1.5)
 
 
-def test_accuracy():
-    logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 5.0], [4.0, 0.0, 1.0]])
-    labels = jnp.array([0, 1, 2, 2])
-    np.testing.assert_allclose(losses.accuracy(logits, labels), 0.75)
-
-
 def test_check_labels():
     losses.check_labels(np.array([0, 4, 2]), num_classes=5)
     with pytest.raises(ValueError, match=r"labels out of range: found min -1 / max 5, expected 0\.\.4"):

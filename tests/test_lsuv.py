@@ -1,5 +1,4 @@
-"""LSUV (Mishkin & Matas 2016): targets reached on independent re-measurement, orthogonal start,
-forward order, BatchNorm and plain flax models, argument validation."""
+"""Tests for ml_practical.lsuv: target variances, orthogonal start, forward order, BN, bad input."""
 
 import functools
 
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ml_practical import initializers, models
+from ml_practical import lsuv, models
 
 
 def _batch(n=128, d=32, seed=1):
@@ -22,7 +21,8 @@ def _mlp_preactivation_variances(model, variables, x):
     """Independent of LSUV's capture: the MLP's own sown pre-activations plus the logits."""
     logits, state = model.apply(variables, x, train=False, mutable=["intermediates"])
     inter = state["intermediates"]
-    out = [float(np.var(np.asarray(inter[f"preact_{i}"][0]))) for i in range(len(model.widths))]
+    out = [float(np.var(np.asarray(inter[f"dense_{i}"]["preact"][0])))
+           for i in range(len(model.widths))]
     return out + [float(np.var(np.asarray(logits)))]
 
 
@@ -31,8 +31,8 @@ def deep_mlp_result():
     model = models.MLP(widths=(64,) * 8, num_classes=10, hidden_init="xavier_normal")
     x = _batch()
     variables = model.init(jax.random.key(0), x, train=False)
-    new, report = initializers.lsuv(functools.partial(model.apply, train=False), variables, x,
-                                    target_var=2.0, tol=0.05, key=jax.random.key(3))
+    new, report = lsuv.lsuv(functools.partial(model.apply, train=False), variables, x,
+                            target_var=2.0, tol=0.05, key=jax.random.key(3))
     return model, x, variables, new, report
 
 
@@ -81,8 +81,8 @@ def test_lsuv_with_batchnorm_measures_before_bn_and_keeps_running_stats(train):
     # Running statistics that are not the init values, to see they come back untouched.
     stats = jax.tree.map(lambda s: s + 0.25, variables["batch_stats"])
     variables = {**variables, "batch_stats": stats}
-    new, report = initializers.lsuv(functools.partial(model.apply, train=train), variables, x,
-                                    key=jax.random.key(1))
+    new, report = lsuv.lsuv(functools.partial(model.apply, train=train), variables, x,
+                            key=jax.random.key(1))
     assert [r["layer"] for r in report] == [f"dense_{i}" for i in range(4)] + ["head"]
     assert all(r["converged"] for r in report)
     for got, want in zip(jax.tree.leaves(new["batch_stats"]), jax.tree.leaves(stats)):
@@ -90,7 +90,8 @@ def test_lsuv_with_batchnorm_measures_before_bn_and_keeps_running_stats(train):
     # Re-measure the Dense outputs (before BN) in the same mode.
     _, state = model.apply(new, x, train=train, mutable=["intermediates", "batch_stats"])
     for i in range(4):
-        assert abs(float(np.var(np.asarray(state["intermediates"][f"preact_{i}"][0]))) - 1.0) < 0.1
+        preact = state["intermediates"][f"dense_{i}"]["preact"][0]
+        assert abs(float(np.var(np.asarray(preact))) - 1.0) < 0.1
 
 
 class _OutOfOrder(nn.Module):
@@ -109,7 +110,7 @@ def test_lsuv_on_plain_flax_models_in_forward_order_with_biases():
     x = jax.random.normal(jax.random.key(4), (32, 5, 5, 2)) * 3.0
     model = _OutOfOrder()
     variables = model.init(jax.random.key(0), x)
-    new, report = initializers.lsuv(model.apply, variables, x, tol=0.02, key=jax.random.key(5))
+    new, report = lsuv.lsuv(model.apply, variables, x, tol=0.02, key=jax.random.key(5))
     assert [r["layer"] for r in report] == ["first", "second"]
     assert all(r["converged"] for r in report)
     # Independent re-measurement with the layers applied on their own.
@@ -126,7 +127,7 @@ def test_lsuv_on_plain_flax_models_in_forward_order_with_biases():
     seq = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(16), nn.relu, nn.Dense(3)])
     flat = x.reshape((32, -1))
     seq_vars = seq.init(jax.random.key(1), flat)
-    seq_new, seq_report = initializers.lsuv(seq.apply, seq_vars, flat, key=jax.random.key(2))
+    seq_new, seq_report = lsuv.lsuv(seq.apply, seq_vars, flat, key=jax.random.key(2))
     assert [r["layer"] for r in seq_report] == ["layers_0", "layers_2", "layers_4"]
     h = flat
     for name in ("layers_0", "layers_2", "layers_4"):
@@ -139,8 +140,8 @@ def test_layer_filter_and_no_orthogonal_start_only_rescale_the_chosen_kernels():
     model = models.MLP(widths=(16, 16), num_classes=4)
     x = _batch(64, 8, seed=3)
     variables = model.init(jax.random.key(0), x, train=False)
-    new, report = initializers.lsuv(functools.partial(model.apply, train=False), variables, x,
-                                    orthogonal_start=False, layer_filter=lambda n: n != "head")
+    new, report = lsuv.lsuv(functools.partial(model.apply, train=False), variables, x,
+                            orthogonal_start=False, layer_filter=lambda n: n != "head")
     assert [r["layer"] for r in report] == ["dense_0", "dense_1"]
     for r in report:
         k0 = np.asarray(variables["params"][r["layer"]]["kernel"])
@@ -154,7 +155,7 @@ def test_zero_output_variance_is_reported_not_divided_by():
     model = nn.Dense(4)
     x = jnp.zeros((8, 3))  # zero input, zero bias: the output variance is exactly 0
     variables = model.init(jax.random.key(0), x)
-    new, report = initializers.lsuv(model.apply, variables, x, key=jax.random.key(1))
+    new, report = lsuv.lsuv(model.apply, variables, x, key=jax.random.key(1))
     assert report == [{"layer": "(root)", "var_before": 0.0, "var_after": 0.0, "iterations": 0,
                        "scale": 1.0, "converged": False}]
     assert np.all(np.isfinite(np.asarray(new["params"]["kernel"])))
@@ -177,4 +178,4 @@ def test_bad_arguments_raise_naming_the_field(kwargs, field):
     if "key" in kwargs:
         args["key"] = kwargs["key"]
     with pytest.raises(ValueError, match=rf"^{field}:"):
-        initializers.lsuv(model.apply, variables, x, **args)
+        lsuv.lsuv(model.apply, variables, x, **args)

@@ -1,4 +1,4 @@
-"""MLP: structure (no bias before BN, norm placement), initializers per layer, MC dropout, errors."""
+"""The model registry and contract, the norm factory, and the MLP: structure, initializers, MC dropout."""
 
 import flax.linen as nn
 import jax
@@ -34,8 +34,8 @@ def test_norm_position_changes_the_function():
     # normalized after ReLU, so they have mean 0 per unit (negative values appear).
     _, ia = a.apply(va, x, train=True, mutable=["batch_stats", "intermediates"])
     _, ib = b.apply(vb, x, train=True, mutable=["batch_stats", "intermediates"])
-    act_a = ia["intermediates"]["act_0"][0]
-    act_b = ib["intermediates"]["act_0"][0]
+    act_a = ia["intermediates"]["dense_0"]["act"][0]
+    act_b = ib["intermediates"]["dense_0"]["act"][0]
     assert float(act_a.min()) >= 0.0
     np.testing.assert_allclose(np.asarray(act_b.mean(0)), 0.0, atol=1e-5)
 
@@ -100,17 +100,18 @@ def test_other_norms_build(norm):
     ("dropout_sampler", "philox", "model.dropout_sampler"),
 ])
 def test_bad_model_fields_name_the_field(field, value, needle):
+    # Refused when the module is built (not when it is first called), as a config would be.
     with pytest.raises(ValueError, match=needle):
-        _init(models.MLP(widths=(4,), **{field: value}), jnp.ones((2, 3)))
+        models.MLP(widths=(4,), **{field: value})
 
 
-def test_make_model_rejects_unknown_fields():
-    import ml_collections
-    cfg = ml_collections.ConfigDict({"name": "mlp", "widths": (4,), "colour": "red"})
+def test_build_model_rejects_unknown_fields_and_families():
     with pytest.raises(ValueError, match="colour"):
-        models.make_model(cfg)
+        models.build_model("mlp", {"widths": (4,), "colour": "red"})
+    with pytest.raises(ValueError, match="did you mean 'widths'"):
+        models.build_model("mlp", {"widht": (4,)})
     with pytest.raises(ValueError, match="model.name"):
-        models.make_model(ml_collections.ConfigDict({"name": "resnet"}))
+        models.build_model("resnet")
 
 
 def test_dropout_sampler_reaches_every_dropout_layer():
@@ -136,3 +137,114 @@ def test_dropout_sampler_reaches_every_dropout_layer():
     assert seen == ["threefry16", "threefry16"]
     assert not np.allclose(out, ref)  # another mask stream for the same key
     np.testing.assert_array_equal(out_eval, ref_eval)  # evaluation is the identity either way
+
+
+# ------------------------------------------------------------------------------ registry, contract
+
+
+def test_registry_builds_each_family_with_its_defaults_and_checks():
+    assert {"mlp", "linear"} <= set(models.FAMILIES)
+    mlp = models.build_model("mlp", {"widths": [8, 4]})
+    assert isinstance(mlp, models.MLP) and mlp.widths == (8, 4)   # list -> tuple, checked
+    assert models.family_name(mlp) == "mlp"
+    assert models.build_model("linear") == models.Linear()
+    with pytest.raises(ValueError, match="model.num_classes"):
+        models.build_model("linear", {"num_classes": -1})
+    with pytest.raises(ValueError, match="model.widths"):
+        models.build_model("mlp", {"widths": (8, 0)})
+
+
+def test_register_refuses_a_second_family_under_one_name():
+    class Other(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train):
+            return x
+    with pytest.raises(ValueError, match="already"):
+        models.register("mlp", Other)
+
+
+@pytest.mark.parametrize("name,fields", [("mlp", {"widths": (6, 5), "num_classes": 3,
+                                                  "norm": "batch", "drop_rate": 0.1}),
+                                         ("linear", {"num_classes": 3})])
+def test_every_family_follows_the_contract(name, fields):
+    model = models.build_model(name, fields)
+    x = jax.random.normal(jax.random.PRNGKey(0), (7, 2, 2, 1))
+    v = model.init({"params": jax.random.PRNGKey(1)}, x, train=False)
+    out = model.apply(v, x, train=False)
+    assert out.shape == (7, 3)                       # logits (N, num_classes)
+    import inspect
+    call = inspect.signature(type(model).__call__).parameters
+    assert call["train"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert call["train"].default is inspect.Parameter.empty   # `train` has no default
+    # Statistics are sown in the scope of the layer that computed the pre-activation.
+    _, state = model.apply(v, x, train=False, mutable=["intermediates"])
+    sown = state.get("intermediates", {})
+    for layer, kinds in sown.items():
+        assert set(kinds) == {"preact", "act"}, layer
+        assert layer in v["params"]                  # the sowing module owns parameters
+    assert models.describe(model, x.shape[1:])
+
+
+def test_linear_family_with_no_classes_is_one_real_output_per_example():
+    model = models.Linear()
+    x = jnp.ones((5, 3))
+    v = model.init({"params": jax.random.PRNGKey(0)}, x, train=False)
+    assert v["params"]["kernel"].shape == (3,) and v["params"]["bias"].shape == ()
+    assert model.apply(v, x, train=False).shape == (5,)
+    assert not models.supports_mc_dropout(model)
+    assert models.supports_mc_dropout(models.MLP())
+
+
+def test_kernel_shapes_are_in_forward_order():
+    model = models.MLP(widths=(6, 5), num_classes=3)
+    x = jnp.ones((2, 4))
+    v = model.init({"params": jax.random.PRNGKey(0)}, x, train=False)
+    assert models.kernel_shapes(model, v, x) == [(4, 6), (6, 5), (5, 3)]
+    # Abstract variables are enough (nothing is computed).
+    abstract = jax.eval_shape(lambda k: model.init({"params": k}, x, train=False),
+                              jax.random.PRNGKey(0))
+    assert models.kernel_shapes(model, abstract, jax.ShapeDtypeStruct(x.shape, x.dtype)) == \
+        [(4, 6), (6, 5), (5, 3)]
+
+
+@pytest.mark.parametrize("kind", models.NORMS)
+def test_norm_factory_gives_every_kind(kind):
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 8)) * 2 + 1
+    norm = models.make_norm(kind, name="norm", num_groups=2)
+    if kind == "none":
+        assert norm is None
+        return
+    v = norm.init({"params": jax.random.PRNGKey(1)}, x, train=False)
+    y, _ = norm.apply(v, x, train=True, mutable=["batch_stats"])
+    axes = {"batch": (0, 1, 2), "layer": (3,), "instance": (1, 2)}.get(kind)
+    if kind == "group":
+        g = np.asarray(y).reshape(4, 3, 3, 2, 4)
+        np.testing.assert_allclose(g.mean(axis=(1, 2, 4)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(g.var(axis=(1, 2, 4)), 1.0, rtol=1e-3)
+    else:
+        np.testing.assert_allclose(np.asarray(y).mean(axis=axes), 0.0, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(y).var(axis=axes), 1.0, rtol=1e-3)
+
+
+def test_layer_norm_axes_reach_the_layer():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 8)) * 2 + 1
+    norm = models.make_norm("layer", name="n", layer_norm_axes="all")
+    v = norm.init({"params": jax.random.PRNGKey(1)}, x, train=False)
+    y = np.asarray(norm.apply(v, x, train=False))
+    np.testing.assert_allclose(y.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(1, 2, 3)), 1.0, rtol=1e-3)
+
+
+def test_mlp_refuses_instance_norm_and_groups_that_do_not_divide():
+    with pytest.raises(ValueError, match="spatial"):
+        models.MLP(norm="instance")
+    with pytest.raises(ValueError, match="model.num_groups"):
+        models.MLP(widths=(10,), norm="group", num_groups=4)
+
+
+def test_initializer_specs_with_arguments():
+    model = models.MLP(widths=(5,), hidden_init="constant(0.25)", output_init="normal(stddev=0.5)")
+    v = model.init({"params": jax.random.PRNGKey(0)}, jnp.ones((2, 300)), train=False)
+    np.testing.assert_array_equal(v["params"]["dense_0"]["kernel"], 0.25)
+    with pytest.raises(ValueError, match="model.hidden_init"):
+        models.MLP(hidden_init="constant(")

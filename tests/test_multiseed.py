@@ -1,8 +1,10 @@
-"""Tests for ml_practical.multiseed: S seeds vmapped equal S sequential runs, seed by seed.
+"""Tests for ml_practical.multiseed and `loop.fit_seeds`: S seeds vmapped equal S sequential runs,
+seed by seed.
 
-Sequential references use the library's own path with `cfg.seed = s` (`Experiment.init_state` /
-`run_epoch`, `train.fit`). On CPU the init is bit-identical and trained parameters agree to
-float32 rounding (XLA batches the vmapped matmuls, so not bit for bit: max |diff| ~5e-7 here).
+Sequential references use the library's own path with `cfg.seed = s` (`loop.with_seed`;
+`Experiment.init_state` / `run_epoch`, `loop.fit`). On CPU the init is bit-identical and trained
+parameters agree to float32 rounding (XLA batches the vmapped matmuls, so not bit for bit: max
+|diff| ~5e-7 here).
 """
 
 import dataclasses
@@ -12,17 +14,16 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_tiny_dataset, tiny_config
+from conftest import make_tiny_dataset, tiny
 from ml_practical import data as data_lib
-from ml_practical import multiseed
-from ml_practical import train as train_lib
+from ml_practical import loop, multiseed
 
 SEEDS = [0, 1, 2]
 
 
 def _sequential_experiment(group, seed):
     """The group's experiment as a sequential run of `seed` (same compiled functions)."""
-    return dataclasses.replace(group.exp, cfg=multiseed.with_seed(group.exp.cfg, seed))
+    return dataclasses.replace(group.exp, cfg=loop.with_seed(group.exp.cfg, seed))
 
 
 def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
@@ -33,12 +34,12 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 def test_vmapped_epochs_equal_sequential_runs_per_seed():
     # The production recipe (BatchNorm, dropout 0.2, L2, clipping, smoothing): dropout keys,
     # batch statistics and the batch order all have to follow the seed.
-    cfg = tiny_config()
+    cfg = tiny()
     group = multiseed.build_seed_group(cfg, SEEDS, dataset=make_tiny_dataset())
     states = group.init_states()
     inits = [_sequential_experiment(group, s).init_state() for s in SEEDS]
     for i, init in enumerate(inits):  # same key -> the very same initial state
-        for x, y in zip(jax.tree.leaves(init), jax.tree.leaves(multiseed._take(states, i))):
+        for x, y in zip(jax.tree.leaves(init), jax.tree.leaves(multiseed.take(states, i))):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     per_epoch = []
     for epoch in (1, 2):
@@ -52,7 +53,7 @@ def test_vmapped_epochs_equal_sequential_runs_per_seed():
             state, metrics = exp.run_epoch(state, epoch)
             np.testing.assert_allclose(per_epoch[epoch - 1]["loss"][i], metrics["loss"],
                                        rtol=1e-5)
-        mine = multiseed._take(states, i)
+        mine = multiseed.take(states, i)
         assert int(mine.step) == int(state.step) == 2 * exp.steps_per_epoch
         _assert_trees_close(mine.params, state.params)
         _assert_trees_close(mine.batch_stats, state.batch_stats)
@@ -67,20 +68,22 @@ def test_fit_seeds_matches_fit_seed_by_seed(tmp_path):
     # while seeds 1 and 2 run to the 6-epoch cap, so per-seed stopping and best-state selection
     # are both exercised (the group keeps computing seed 0 after it stopped).
     dataset = make_tiny_dataset(shape=(2, 1, 1))
-    cfg = tiny_config(**{"train.num_epochs": 6, "early_stopping.patience": 1,
-                         "optim.learning_rate": 1e-2})
-    summaries = multiseed.fit_seeds(cfg, SEEDS, tmp_path / "vmap", dataset=dataset)
+    cfg = tiny(**{"train.num_epochs": 6, "early_stopping.patience": 1,
+                  "optim.learning_rate": 1e-2})
+    results = loop.fit_seeds(cfg, SEEDS, tmp_path / "vmap", dataset=dataset)
+    summaries = [r.summary for r in results]
     stops = [(s["epochs_run"], s["stop_reason"]) for s in summaries]
     assert stops == [(5, "patience"), (6, "max_epochs"), (6, "max_epochs")]
-    for s, mine in zip(SEEDS, summaries):
-        ref = train_lib.fit(multiseed.with_seed(cfg, s), tmp_path / f"seq_{s}", dataset=dataset)
+    for s, mine_result in zip(SEEDS, results):
+        ref_result = loop.fit(loop.with_seed(cfg, s), tmp_path / f"seq_{s}", dataset=dataset)
+        mine, ref = mine_result.summary, ref_result.summary
         for key in ("best_epoch", "epochs_run", "stop_reason", "seed", "num_params"):
             assert mine[key] == ref[key], key
         assert mine["test/accuracy"] == ref["test/accuracy"]
         assert mine["test/loss"] == pytest.approx(ref["test/loss"], rel=1e-5)
-        _assert_trees_close(mine["final_state"].params, ref["final_state"].params)
+        _assert_trees_close(mine_result.state.params, ref_result.state.params)
         # The files: same config (seed included), same metric keys and values per epoch.
-        mine_dir, ref_dir = multiseed.seed_dir(tmp_path / "vmap", s), tmp_path / f"seq_{s}"
+        mine_dir, ref_dir = loop.seed_dir(tmp_path / "vmap", s), tmp_path / f"seq_{s}"
         assert (json.loads((mine_dir / "config.json").read_text())
                 == json.loads((ref_dir / "config.json").read_text()))
         rows = [json.loads(x) for x in (mine_dir / "metrics.jsonl").read_text().splitlines()]
@@ -109,7 +112,7 @@ def test_nonfinite_step_is_replayed_guarded_for_its_seed_only():
     seen = {s: bad in data_lib.batch_indices(s, 1, 250, 32) for s in range(40)}
     a = next(s for s, v in seen.items() if v)
     b = next(s for s, v in seen.items() if not v)
-    group = multiseed.build_seed_group(tiny_config(), [a, b], dataset=dataset)
+    group = multiseed.build_seed_group(tiny(), [a, b], dataset=dataset)
     states, metrics = group.run_epoch(group.init_states(), 1)
     # BatchNorm spreads the NaN over its whole batch: exactly that one step is skipped for a.
     assert metrics["skipped"].sum(axis=1).tolist() == [1.0, 0.0]
@@ -118,7 +121,7 @@ def test_nonfinite_step_is_replayed_guarded_for_its_seed_only():
         exp = _sequential_experiment(group, s)
         ref, ref_metrics = exp.run_epoch(exp.init_state(), 1)
         np.testing.assert_array_equal(metrics["skipped"][i], ref_metrics["skipped"])
-        mine = multiseed._take(states, i)
+        mine = multiseed.take(states, i)
         assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(mine.params))
         _assert_trees_close(mine.params, ref.params)
         _assert_trees_close(mine.opt_state, ref.opt_state)
@@ -141,12 +144,12 @@ def test_seed_mode_and_seeds_are_validated(tmp_path):
         multiseed.check_seeds([0, -1])
     dataset = make_tiny_dataset()
     with pytest.raises(ValueError, match=r"train.stats_every: 2; .*expected 0"):
-        multiseed.fit_seeds(tiny_config(**{"train.stats_every": 2}), SEEDS, None, dataset=dataset)
-    host = tiny_config()
-    host.data.placement = "host"  # input_pipeline: stream the training set from the host
+        loop.fit_seeds(tiny(**{"train.stats_every": 2}), SEEDS, None, dataset=dataset)
+    # input_pipeline: stream the training set from the host.
+    host = tiny(**{"data.placement": "host"})
     with pytest.raises(ValueError, match=r"data.placement: 'host'; .*expected 'device'"):
-        multiseed.fit_seeds(host, SEEDS, None, dataset=dataset)
+        loop.fit_seeds(host, SEEDS, None, dataset=dataset)
     # A sequential run's checkpoints would be orphaned (and later resumed): refuse the directory.
-    (multiseed.seed_dir(tmp_path, 1) / "checkpoints" / "3").mkdir(parents=True)
+    (loop.seed_dir(tmp_path, 1) / "checkpoints" / "3").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"seed_1 holds checkpoints of a sequential run"):
-        multiseed.fit_seeds(tiny_config(), SEEDS, tmp_path, dataset=dataset)
+        loop.fit_seeds(tiny(), SEEDS, tmp_path, dataset=dataset)

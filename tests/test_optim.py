@@ -10,13 +10,14 @@ import numpy as np
 import optax
 import pytest
 
-from ml_practical import losses, optim
+from ml_practical import config, losses, optim
 
 
 def _cfg(**overrides):
+    """An `OptimConfig` built (and checked) from plain SGD at lr 0.1 plus `overrides`."""
     fields = dict(name="sgd", learning_rate=0.1)
     fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    return config.build(config.OptimConfig, fields)
 
 
 def _params():
@@ -67,12 +68,18 @@ def test_plain_optimizers_equal_optax(overrides, reference):
     assert _max_diff(got, want) < 1e-6
 
 
-def test_config_may_be_dict_or_attribute_object():
+def test_config_may_be_built_from_dict_configdict_or_fields():
     grads_seq = [_grads(s) for s in range(3)]
     fields = dict(name="momentum", learning_rate=0.05, weight_decay=0.01)
-    want = _run(optim.make_optimizer(ml_collections.ConfigDict(fields)), _params(), grads_seq)
-    for cfg in (fields, types.SimpleNamespace(**fields)):
+    want = _run(optim.make_optimizer(config.build(config.OptimConfig,
+                                                  ml_collections.ConfigDict(fields))),
+                _params(), grads_seq)
+    for cfg in (config.build(config.OptimConfig, fields), config.OptimConfig(**fields)):
         assert _max_diff(_run(optim.make_optimizer(cfg), _params(), grads_seq), want) == 0.0
+    # The library takes the typed section only: a raw mapping or attribute object is refused.
+    for raw in (fields, ml_collections.ConfigDict(fields), types.SimpleNamespace(**fields)):
+        with pytest.raises(TypeError, match="OptimConfig"):
+            optim.make_optimizer(raw)
 
 
 def test_sgd_coupled_l2_equals_decoupled_decay_and_chapter_update():
@@ -310,26 +317,27 @@ def test_warmup_cosine_requires_total_steps():
         ("clip", "norm", "['global_norm', 'none', 'value']"),
         ("l1_mode", "lasso", "['proximal', 'subgradient']"),
         ("decay_mask", "biases", "['all', 'kernels']"),
-        ("learning_rate", 0.0, "learning_rate > 0"),
-        ("learning_rate", -1e-3, "learning_rate > 0"),
-        ("learning_rate", "0.1", "learning_rate > 0"),
-        ("l2", -0.1, "l2 >= 0"),
-        ("weight_decay", -1e-4, "weight_decay >= 0"),
-        ("l1", -0.5, "l1 >= 0"),
-        ("clip_value", 0.0, "clip_value > 0"),
-        ("momentum", 1.0, "0 <= momentum < 1"),
+        ("learning_rate", 0.0, "expected a number > 0"),
+        ("learning_rate", -1e-3, "expected a number > 0"),
+        ("learning_rate", "0.1", "expected a number > 0"),
+        ("l2", -0.1, "expected a number >= 0"),
+        ("weight_decay", -1e-4, "expected a number >= 0"),
+        ("l1", -0.5, "expected a number >= 0"),
+        ("clip_value", 0.0, "expected a number > 0"),
+        ("momentum", 1.0, "expected a number >= 0 and < 1"),
         ("warmup_steps", -1, "integer >= 0"),
-        ("end_lr_factor", 1.5, "0 <= end_lr_factor <= 1"),
+        ("end_lr_factor", 1.5, "expected a number >= 0 and <= 1"),
     ],
 )
 def test_bad_config_names_field(field, value, fragment):
-    with pytest.raises(ValueError, match=f"optim.{field}") as err:
+    with pytest.raises(config.ConfigError, match=f"optim.{field}") as err:
         optim.make_optimizer(_cfg(**{field: value}))
     assert fragment in str(err.value)
 
 
 def test_missing_and_unknown_fields():
-    with pytest.raises(ValueError, match="optim.learning_rate: missing"):
-        optim.make_optimizer({"name": "sgd"})
-    with pytest.raises(ValueError, match="weight_decy"):
+    with pytest.raises(config.ConfigError, match="optim.learning_rate: missing"):
+        config.build(config.OptimConfig, {"name": "sgd"})
+    with pytest.raises(config.ConfigError,
+                       match=r"optim\.weight_decy: unknown field; did you mean 'weight_decay'\?"):
         optim.make_optimizer(_cfg(weight_decy=1e-4))

@@ -1,4 +1,4 @@
-"""Tests for ml_practical.plots: the seed band's numbers, and each figure written as a real PNG."""
+"""Tests for ml_practical.plots: the seed band and block means, and each figure as a real PNG."""
 
 import struct
 import sys
@@ -101,3 +101,18 @@ def test_plot_lines(tmp_path):
     assert _png_size(out) == (int(6.5 * 120), int(4.2 * 120))
     with pytest.raises(ValueError, match=r"series\['a'\]: 2 values for 5 x values"):
         plots.plot_lines(depth, {"a": [1.0, 2.0]}, tmp_path / "bad.png")
+
+
+def test_block_means_of_full_and_partial_blocks():
+    # (0 + 1) / 2, (2 + 3) / 2 and the partial last block 4 / 1.
+    np.testing.assert_allclose(plots.block_means(np.arange(5.0), 2), [0.5, 2.5, 4.0])
+    # Blocks of 3 over [1, 4, 7, 2, 2, 5, 10]: (1+4+7)/3 = 4, (2+2+5)/3 = 3, 10/1 = 10.
+    np.testing.assert_allclose(plots.block_means([1, 4, 7, 2, 2, 5, 10], 3), [4.0, 3.0, 10.0])
+    # Window 1 is the values themselves; a window past the end is one mean of everything.
+    np.testing.assert_allclose(plots.block_means([3.0, -1.0, 2.0], 1), [3.0, -1.0, 2.0])
+    np.testing.assert_allclose(plots.block_means([3.0, -1.0, 2.0], 10), [4.0 / 3])
+    # Values are flattened (a [steps, 1] array reads as steps).
+    np.testing.assert_allclose(plots.block_means(np.array([[2.0], [4.0], [9.0]]), 2), [3.0, 9.0])
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="window"):
+            plots.block_means([1.0, 2.0], bad)

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 import _fault_run
+from ml_practical import config
 from ml_practical import data as data_lib
-from ml_practical import train
+from ml_practical import experiment, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HELPER = pathlib.Path(__file__).with_name("_dist_run.py")
@@ -46,7 +47,7 @@ def runs(tmp_path_factory):
             "info": json.loads((out / "info.json").read_text())}
 
 
-def _cfg():
+def _cfg() -> config.Config:
     return _fault_run.make_config(**OVERRIDES)
 
 
@@ -76,7 +77,7 @@ def test_batchnorm_statistics_are_those_of_the_global_batch(runs):
     """After one step, running var = 0.9 * 1 + 0.1 * var_B over all 64 rows, not 4 x 16 rows."""
     cfg = _cfg()
     dataset = data_lib.load_dataset(cfg.data)
-    exp = train.build_experiment(cfg, dataset=dataset, mesh=train.make_mesh(1))
+    exp = experiment.build_experiment(cfg, dataset=dataset, mesh=train.make_mesh(1))
     kernel = np.asarray(exp.init_state().params["dense_0"]["kernel"])  # no bias before BN
     rows = _batches(cfg)[0]
     z = dataset.train_x[rows].reshape(len(rows), -1) @ kernel
@@ -104,8 +105,10 @@ def test_mesh_layout_is_data_parallel_without_pmap(runs):
     # The compiled 4-device epoch reduces gradients and BN statistics across devices; the
     # 1-device one has nothing to reduce.
     assert four["all_reduce"] > 0 and one["all_reduce"] == 0
-    source = pathlib.Path(train.__file__).read_text()
-    assert "pmap" not in source.replace("no pmap", "")
+    # The old train module is now train (steps, epochs, mesh) and experiment (placement).
+    for module in (train, experiment):
+        source = pathlib.Path(module.__file__).read_text()
+        assert "pmap" not in source.replace("no pmap", ""), module.__name__
 
 
 def test_batch_size_not_divisible_by_devices_is_refused(runs):

@@ -14,16 +14,13 @@ than their seed spread. The chapter's expectations are for MNIST and are shown f
 epoch, and most runs are still improving at 15 epochs.
 """
 
-import ml_collections
-
 from experiments.configs import ablation
 
-
-def get_config() -> ml_collections.ConfigDict:
-  cfg = ablation.get_config()
-  cfg.data.source = "digits"
-  cfg.data.val_size = 287          # 1437 training images -> 1150 train / 287 val
-  cfg.train.num_epochs = 30
-  cfg.train.eval_batch_size = 500
-  cfg.early_stopping.patience = 5
-  return cfg
+def get_config():
+    cfg = ablation.get_config()
+    cfg.data.source = "digits"
+    cfg.data.val_size = 287          # 1437 training images -> 1150 train / 287 val
+    cfg.train.num_epochs = 30
+    cfg.train.eval_batch_size = 500
+    cfg.early_stopping.patience = 5
+    return cfg

@@ -14,25 +14,28 @@ about 0.8 at lr 0.1) and value tau = 0.1 (the median of max_i |g_i| is about 0.0
 Expected: see the README's "what we found".
 """
 
-import ml_collections
-
+from experiments.clipping.main import ClippingStudy
 from experiments.configs import mnist_mlp
+from ml_practical import config
 
+def get_config():
+    cfg = config.with_study(mnist_mlp.get_config(), ClippingStudy)
+    cfg.model.norm = "none"
+    cfg.model.drop_rate = 0.0
+    cfg.optim.name = "momentum"      # torch-style heavy ball, momentum 0.9
+    cfg.optim.clip = "none"          # the clip is each run's; see clip_norm_tau / clip_value_tau
+    cfg.optim.l2 = 0.0
+    cfg.train.label_smoothing = 0.0
+    cfg.train.num_epochs = 3
+    # Every run trains its whole budget, diverged or not, and its last state is tested: no early
+    # stopping, no stop on skipped steps, and the inline guard (each non-finite step skipped in
+    # place; the replay guard would run every diverged epoch twice).
+    cfg.early_stopping.enabled = False
+    cfg.train.guard = "inline"
+    cfg.train.max_consecutive_skips = 0
 
-def get_config() -> ml_collections.ConfigDict:
-  cfg = mnist_mlp.get_config()
-  cfg.model.norm = "none"
-  cfg.model.drop_rate = 0.0
-  cfg.model.hidden_init = "he_normal"
-  cfg.optim.name = "momentum"
-  cfg.optim.momentum = 0.9
-  cfg.optim.clip = "none"          # the clip is each run's; see clip_norm_tau / clip_value_tau
-  cfg.optim.l2 = 0.0
-  cfg.train.label_smoothing = 0.0
-  cfg.train.num_epochs = 3
-
-  cfg.learning_rates = "0.1,0.3"   # comma-separated; one set of three runs per learning rate
-  cfg.clip_norm_tau = 1.0          # optax.clip_by_global_norm(tau)
-  cfg.clip_value_tau = 0.1         # optax.clip(tau): each gradient entry to [-tau, tau]
-  cfg.plot_window = 10             # curves show means over blocks of this many steps
-  return cfg
+    cfg.learning_rates = "0.1,0.3"   # comma-separated; one set of three runs per learning rate
+    cfg.clip_norm_tau = 1.0          # optax.clip_by_global_norm(tau)
+    cfg.clip_value_tau = 0.1         # optax.clip(tau): each gradient entry to [-tau, tau]
+    cfg.plot_window = 10             # curves show means over blocks of this many steps
+    return cfg

@@ -6,12 +6,11 @@ Run:
 
 from experiments.configs import mnist_mlp
 
-
 def get_config():
-  cfg = mnist_mlp.get_config()
-  cfg.data.source = "digits"
-  cfg.data.val_size = 287          # 1437 training images -> 1150 train / 287 val
-  cfg.train.num_epochs = 30
-  cfg.train.batch_size = 64
-  cfg.train.eval_batch_size = 500
-  return cfg
+    cfg = mnist_mlp.get_config()
+    cfg.data.source = "digits"
+    cfg.data.val_size = 287          # 1437 training images -> 1150 train / 287 val
+    cfg.train.num_epochs = 30
+    cfg.train.batch_size = 64
+    cfg.train.eval_batch_size = 500
+    return cfg

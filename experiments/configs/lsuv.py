@@ -18,47 +18,35 @@ for the hidden layers and Xavier for the output layer (the chapter's recipe); th
 re-draws every kernel, head included, orthogonally and rescales it (the paper's algorithm).
 """
 
-import ml_collections
-
 from experiments.configs import mnist_mlp
+from experiments.lsuv.main import LSUVStudy
+from ml_practical import config
 
+def get_config():
+    cfg = config.with_study(mnist_mlp.get_config(), LSUVStudy)
+    cfg.inits = "xavier_normal,he_normal,lsuv"
+    cfg.seeds = 1                    # seeds 0 .. seeds-1; the tables give the mean (and std if > 1)
+    cfg.measure_batch_size = 1000    # validation images on which the per-layer variances are taken
+    cfg.lsuv.batch_size = 512        # training images LSUV fits on (a seeded draw)
+    cfg.lsuv.target_var = 1.0
+    cfg.lsuv.tol = 0.1               # the paper's Tol_var
+    cfg.lsuv.max_iter = 10           # the paper's T_max
 
-def get_config() -> ml_collections.ConfigDict:
-  cfg = mnist_mlp.get_config()
-  cfg.inits = "xavier_normal,he_normal,lsuv"
-  cfg.seeds = 1                    # seeds 0 .. seeds-1; the tables give the mean (and std if > 1)
-  cfg.measure_batch_size = 1000    # validation images on which the per-layer variances are taken
+    cfg.model.widths = (256,) * 20
+    cfg.model.norm = "none"
+    cfg.model.drop_rate = 0.0
+    cfg.model.hidden_init = "he_normal"   # replaced per row
 
-  cfg.lsuv = ml_collections.ConfigDict()
-  cfg.lsuv.batch_size = 512        # training images LSUV fits on (a seeded draw)
-  cfg.lsuv.target_var = 1.0
-  cfg.lsuv.tol = 0.1               # the paper's Tol_var
-  cfg.lsuv.max_iter = 10           # the paper's T_max
+    # Plain SGD + momentum: no per-parameter step normalization (as Adam has) to hide a badly
+    # scaled initialization.
+    cfg.optim.name = "momentum"
+    cfg.optim.learning_rate = 0.01
+    cfg.optim.clip = "none"
+    cfg.optim.l2 = 0.0
 
-  cfg.data.source = "idx"
-  cfg.data.data_dir = ""           # empty: $ML_PRACTICAL_DATA_DIR
-  cfg.data.normalize = "global"
-
-  cfg.model.widths = (256,) * 20
-  cfg.model.activation = "relu"
-  cfg.model.norm = "none"
-  cfg.model.drop_rate = 0.0
-  cfg.model.hidden_init = "he_normal"   # replaced per row
-  cfg.model.output_init = "xavier_normal"
-
-  # Plain SGD + momentum: no per-parameter step normalization (as Adam has) to hide a badly
-  # scaled initialization.
-  cfg.optim.name = "momentum"
-  cfg.optim.learning_rate = 0.01
-  cfg.optim.momentum = 0.9
-  cfg.optim.schedule = "constant"
-  cfg.optim.clip = "none"
-  cfg.optim.l2 = 0.0
-  cfg.optim.weight_decay = 0.0
-  cfg.optim.l1 = 0.0
-
-  cfg.train.num_epochs = 5
-  cfg.train.batch_size = 128
-  cfg.train.label_smoothing = 0.0
-  cfg.train.augment = "none"
-  return cfg
+    # Every row trains its whole budget: no early stopping, no stop on skipped steps.
+    cfg.early_stopping.enabled = False
+    cfg.train.max_consecutive_skips = 0
+    cfg.train.num_epochs = 5
+    cfg.train.label_smoothing = 0.0
+    return cfg

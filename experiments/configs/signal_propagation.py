@@ -11,19 +11,19 @@ Expected: see the README's "what we found" (He holds the ReLU activation varianc
 layer, Xavier halves it per layer, N(0, 0.01^2) divides it by ~39 per layer).
 """
 
-import ml_collections
+from experiments.signal_propagation.main import SignalStudy
+from ml_practical import config
 
-
-def get_config() -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
-  cfg.seed = 0                     # weight key; every init draws the same N(0, 1) numbers, scaled
-  cfg.input_seed = 42              # np.random.seed(42); np.random.randn(1000, 512), as the chapter
-  cfg.num_samples = 1000
-  cfg.width = 512                  # input features and every layer's width
-  cfg.depth = 10
-  cfg.inits = "normal,xavier_normal,he_normal"   # "normal" is the chapter's N(0, 0.01^2)
-  cfg.activations = "relu,tanh"    # relu: the chapter's demo; tanh: the same stack with tanh
-  cfg.deep_depth = 20              # coding question C2: a 20-layer ReLU network ...
-  cfg.deep_inits = "he_normal,xavier_normal"     # ... He vs Xavier, histograms per layer
-  cfg.bins = 50                    # histogram bins (non-zero activations; zeros are counted apart)
-  return cfg
+def get_config():
+    cfg = config.study_defaults(SignalStudy)
+    cfg.seed = 0                     # weight key; every init draws the same N(0, 1) numbers, scaled
+    cfg.input_seed = 42              # np.random.seed(42); np.random.randn(1000, 512), as the chapter
+    cfg.num_samples = 1000
+    cfg.width = 512                  # input features and every layer's width
+    cfg.depth = 10
+    cfg.inits = "normal,xavier_normal,he_normal"   # "normal" is the chapter's N(0, 0.01^2)
+    cfg.activations = "relu,tanh"    # relu: the chapter's demo; tanh: the same stack with tanh
+    cfg.deep_depth = 20              # coding question C2: a 20-layer ReLU network ...
+    cfg.deep_inits = "he_normal,xavier_normal"     # ... He vs Xavier, histograms per layer
+    cfg.bins = 50                    # histogram bins (non-zero activations; zeros are counted apart)
+    return cfg

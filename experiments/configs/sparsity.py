@@ -14,32 +14,24 @@ Penalty convention (`ml_practical.sparsity`): J = 1/2 mean (y - Xw - b)^2 + l1 |
 so sklearn's Lasso(alpha=l1) and ElasticNet(alpha=l1 + l2, l1_ratio=l1 / (l1 + l2)).
 """
 
-import ml_collections
+from experiments.sparsity.main import SparsityStudy
+from ml_practical import config
 
-
-def get_config() -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
-  cfg.seed = 0                     # problem seed (design, support, coefficients, noise)
-
-  cfg.problem = ml_collections.ConfigDict()
-  cfg.problem.n_samples = 200
-  cfg.problem.n_features = 100
-  cfg.problem.n_informative = 10   # true |w_j| ~ U[1, 2] on a random support
-  cfg.problem.noise = 1.0          # std of the Gaussian noise on y
-
-  cfg.penalty = ml_collections.ConfigDict()
-  # l1 ~ noise * sqrt(2 log d / n) = 0.21 is the classic Lasso scale; 0.3 errs on the side of
-  # fewer false positives.
-  cfg.penalty.l1 = 0.3             # used by l1_subgradient, l1_proximal, elastic_net
-  cfg.penalty.l2 = 0.1             # used by l2, elastic_net (coupled: gradient l2 * w)
-
-  cfg.fit = ml_collections.ConfigDict()
-  cfg.fit.optimizer = "sgd"        # full batch: SGD + prox = ISTA
-  cfg.fit.learning_rate = 0.0      # 0 = 1 / L, L the largest eigenvalue of [X 1]'[X 1] / n
-  cfg.fit.steps = 3000
-
-  cfg.report = ml_collections.ConfigDict()
-  cfg.report.histogram_bins = 41
-  cfg.report.off_support_range = 0.3    # x-range of the zoomed histogram of irrelevant weights
-  cfg.report.gap_steps = 200            # steps shown in objective_gap.png (ISTA converges in ~50)
-  return cfg
+def get_config():
+    cfg = config.study_defaults(SparsityStudy)
+    cfg.seed = 0                     # problem seed (design, support, coefficients, noise)
+    cfg.problem.n_samples = 200
+    cfg.problem.n_features = 100
+    cfg.problem.n_informative = 10   # true |w_j| ~ U[1, 2] on a random support
+    cfg.problem.noise = 1.0          # std of the Gaussian noise on y
+    # l1 ~ noise * sqrt(2 log d / n) = 0.21 is the classic Lasso scale; 0.3 errs on the side of
+    # fewer false positives.
+    cfg.penalty.l1 = 0.3             # used by l1_subgradient, l1_proximal, elastic_net
+    cfg.penalty.l2 = 0.1             # used by l2, elastic_net (coupled: gradient l2 * w)
+    cfg.fit.optimizer = "sgd"        # full batch: SGD + prox = ISTA
+    cfg.fit.learning_rate = 0.0      # 0 = 1 / L, L the largest eigenvalue of [X 1]'[X 1] / n
+    cfg.fit.steps = 3000
+    cfg.report.histogram_bins = 41
+    cfg.report.off_support_range = 0.3    # x-range of the zoomed histogram of irrelevant weights
+    cfg.report.gap_steps = 200            # steps shown in objective_gap.png (ISTA converges in ~50)
+    return cfg

@@ -1,0 +1,1 @@
+"""The chapter's ablation study: rows (data), runner (main) and reports (report)."""

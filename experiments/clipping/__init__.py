@@ -1,0 +1,1 @@
+"""Gradient clipping by value against by global norm, step by step (chapter 12.7)."""

@@ -1,0 +1,1 @@
+"""Monte Carlo dropout against the deterministic network (coding question C4)."""

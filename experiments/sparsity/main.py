@@ -1,0 +1,309 @@
+"""L1 vs L2 vs elastic net on 100 features of which 10 matter (coding question C3).
+
+  python -m experiments.sparsity --config=experiments/configs/sparsity.py --workdir=checkpoints/sparsity
+
+Fits the linear model (`models.Linear`, the "regression" task) with L2, L1 by subgradient, L1 by
+proximal step and elastic net through `loop.fit` and the library's optax chain: full-batch gradient
+steps (`train.batching = "full"`: one epoch of `fit.steps` steps), the penalized objective of every
+step recorded by the `PenalizedObjective` hook. Solves the same objectives with scikit-learn
+(`problem.sklearn_fit`) and writes into the workdir: results.json, results.md (the tables printed
+here), weights.png (weight histograms), weights_off_support.png (the 90 irrelevant weights, zoomed),
+coefficients.png and objective_gap.png (J(t) - J* per step for the L1 objectives). Each fit's run
+files are in <workdir>/runs/<penalty>/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from experiments import cli
+from experiments.sparsity import problem
+from ml_practical import config as config_lib
+from ml_practical import data as data_lib
+from ml_practical import loop, losses, plots, run_files
+from ml_practical.analysis import support
+from ml_practical.config import Section, field
+
+PENALTY_ORDER = ("l2", "l1_subgradient", "l1_proximal", "elastic_net")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem(Section):
+    section: ClassVar[str] = "problem"
+    n_samples: int = field(ge=1)
+    n_features: int = field(ge=1)
+    n_informative: int = field(ge=1)
+    noise: float = field(ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Penalty(Section):
+    section: ClassVar[str] = "penalty"
+    l1: float = field(gt=0)
+    l2: float = field(gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit(Section):
+    section: ClassVar[str] = "fit"
+    optimizer: str = field(choices=config_lib.OPTIMIZERS)
+    learning_rate: float = field(ge=0)   # 0: 1 / L
+    steps: int = field(ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report(Section):
+    section: ClassVar[str] = "report"
+    histogram_bins: int = field(ge=1)
+    off_support_range: float = field(gt=0)
+    gap_steps: int = field(ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityStudy(Section):
+    """The study's fields (experiments/configs/sparsity.py documents each)."""
+
+    section: ClassVar[str] = ""
+    seed: int = field(ge=0)
+    problem: Problem
+    penalty: Penalty
+    fit: Fit
+    report: Report
+
+
+class LinearFit(NamedTuple):
+    """A trained linear model.
+
+    Attributes:
+      kernel: [n_features] weights w.
+      bias: scalar b (never penalized).
+      objective: [steps] the penalized objective J before each step (float32).
+    """
+
+    kernel: np.ndarray
+    bias: float
+    objective: np.ndarray
+
+
+class PenalizedObjective(loop.Hook):
+    """The step's penalized objective J = data term + l1 |w|_1 + l2/2 |w|^2 at the weights before
+    the step (the data term is the step's own objective; the penalty is in the optimizer)."""
+
+    def __init__(self, l1: float, l2: float):
+        self.l1, self.l2 = l1, l2
+
+    def step_metrics(self, old_state, new_state, metrics):
+        penalty = losses.elastic_net_penalty(old_state.params, self.l1, self.l2)
+        return {"penalized_objective": metrics["objective"] + penalty}
+
+
+def fit_config(penalty: str, *, n: int, l1: float, l2: float, steps: int, lr: float,
+               optimizer: str, task: str) -> config_lib.Config:
+    """The `loop.fit` config of one fit: the linear model, `steps` full-batch steps, no stopping."""
+    return config_lib.parse({
+        "data": {"source": "arrays"},
+        "model": {"name": "linear", "num_classes": 0},
+        "optim": config_lib.section_dict(
+            problem.penalty_optim_config(penalty, l1=l1, l2=l2, lr=lr, optimizer=optimizer)),
+        "train": {"task": task, "num_epochs": 1, "batching": "full", "steps_per_epoch": steps,
+                  "eval_batch_size": n, "progress": "never"},
+        "early_stopping": {"monitor": "val/loss", "mode": "min", "patience": None,
+                           "enabled": False},
+    })
+
+
+def fit_penalty(x: np.ndarray, y: np.ndarray, workdir, *, penalty: str, l1: float = 0.0,
+                l2: float = 0.0, steps: int = 2000, lr: float = 0.1, optimizer: str = "sgd",
+                task: str = "regression") -> LinearFit:
+    """Trains z = x.w + b full-batch for `steps` steps with the library's optax chain.
+
+    Loss: 1/2 mean (y - z)^2 (regression) or mean logistic loss (classification: the "binary"
+    task, y in {0, 1}), plus the penalty of `problem.penalty_optim_config` on the leaf "kernel"
+    only (the default mask), never on "bias"; w and b start at 0 (the problem is convex).
+
+    Args:
+      x: [n, d] features; y: [n] targets.
+      workdir: the fit's run directory (a finished fit with the same config is resumed, i.e.
+        read back).
+      penalty: one of `problem.PENALTIES`; l1, l2: its coefficients.
+      steps: number of full-batch steps.
+      lr: learning rate; for ISTA's guarantee keep lr <= 1 / `problem.lipschitz_constant(x)`.
+      optimizer: the optim section's name, "sgd" by default.
+      task: "regression" | "classification".
+
+    Returns:
+      `LinearFit(kernel, bias, objective)` as numpy values.
+    """
+    if task not in problem.TASKS:
+        raise ValueError(f"task: unknown {task!r}; expected one of {list(problem.TASKS)}")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"x, y: shapes {x.shape} and {y.shape}; expected [n, d] and [n]")
+    cfg = fit_config(penalty, n=len(y), l1=l1, l2=l2, steps=steps, lr=lr, optimizer=optimizer,
+                     task="regression" if task == "regression" else "binary")
+    # The problem has no held-out data: every split is the training set.
+    dataset = data_lib.Dataset(train_x=x, train_y=y, val_x=x, val_y=y, test_x=x, test_y=y,
+                               num_classes=0, name=f"sparse_{task}")
+    result = loop.fit(cfg, workdir, dataset=dataset,
+                      hooks=[PenalizedObjective(l1, l2), loop.StepLog(keys=("penalized_objective",))])
+    steps_logged = run_files.RunFiles(result.workdir, tensorboard=False).read_steps()
+    objective = np.concatenate([steps_logged[e]["penalized_objective"] for e in sorted(steps_logged)])
+    return LinearFit(kernel=np.asarray(result.state.params["kernel"]),
+                     bias=float(result.state.params["bias"]), objective=objective)
+
+
+def coefficients_for(penalty, cfg):
+    """The (l1, l2) a penalty uses, from the config's shared coefficients."""
+    l1 = cfg.penalty.l1 if penalty in ("l1_subgradient", "l1_proximal", "elastic_net") else 0.0
+    l2 = cfg.penalty.l2 if penalty in ("l2", "elastic_net") else 0.0
+    return l1, l2
+
+
+def run(cfg: SparsityStudy, workdir, command: str) -> dict[str, Any]:
+    start = time.time()
+    workdir = pathlib.Path(workdir)
+    p = cfg.problem
+    prob = problem.make_sparse_regression(cfg.seed, n_samples=p.n_samples, n_features=p.n_features,
+                                           n_informative=p.n_informative, noise=p.noise)
+    lipschitz = problem.lipschitz_constant(prob.x)
+    lr = cfg.fit.learning_rate or 1.0 / lipschitz
+    truth = support.support_metrics(prob.coef, prob.support)
+
+    rows, fits = {}, {}
+    for penalty in PENALTY_ORDER:
+        l1, l2 = coefficients_for(penalty, cfg)
+        t0 = time.time()
+        fit = fit_penalty(prob.x, prob.y, workdir / "runs" / penalty, penalty=penalty, l1=l1,
+                          l2=l2, steps=cfg.fit.steps, lr=lr, optimizer=cfg.fit.optimizer)
+        fit_s = time.time() - t0
+        ref_coef, ref_bias = problem.sklearn_fit(prob.x, prob.y, penalty=penalty, l1=l1, l2=l2)
+        j_ours = problem.penalized_objective(prob.x, prob.y, fit.kernel, fit.bias, l1=l1, l2=l2)
+        j_ref = problem.penalized_objective(prob.x, prob.y, ref_coef, ref_bias, l1=l1, l2=l2)
+        selected = support.support_metrics(fit.kernel, prob.support)
+        agree = support.coefficient_agreement(fit.kernel, ref_coef)
+        fits[penalty] = (fit, j_ref)
+        rows[penalty] = {
+            "l1": l1, "l2": l2,
+            "support": selected,
+            "max_abs_error_vs_true_coef": float(np.max(np.abs(fit.kernel - prob.coef))),
+            "objective": j_ours,
+            "sklearn": {
+                "estimator": _sklearn_name(penalty, l1, l2, p.n_samples),
+                "objective": j_ref,
+                "support": support.support_metrics(ref_coef, prob.support),
+                "agreement": agree,
+                "intercept_abs_diff": abs(fit.bias - ref_bias),
+            },
+            "fit_wall_s": fit_s,
+            "weights": fit.kernel.tolist(),
+        }
+
+    results = {
+        "command": command,
+        "config": cfg,
+        "problem": {"support": truth["selected"], "coef": prob.coef.tolist(), "lipschitz": lipschitz,
+                    "learning_rate": lr},
+        "penalties": rows,
+        "wall_time_s": None,
+    }
+    _figures(cfg, prob, fits, workdir)
+    results["wall_time_s"] = time.time() - start
+    return results
+
+
+def _sklearn_name(penalty, l1, l2, n):
+    if penalty in ("l1_subgradient", "l1_proximal"):
+        return f"Lasso(alpha={l1:g})"
+    if penalty == "elastic_net":
+        return f"ElasticNet(alpha={l1 + l2:g}, l1_ratio={l1 / (l1 + l2):.4g})"
+    return f"Ridge(alpha={n * l2:g})"
+
+
+def _figures(cfg, prob, fits, workdir):
+    weights = {name: fit.kernel for name, (fit, _) in fits.items()}
+    top = max(np.max(np.abs(prob.coef)), *(np.max(np.abs(w)) for w in weights.values())) * 1.05
+    edges = np.linspace(-top, top, cfg.report.histogram_bins + 1)
+    panels = {"true coefficients": np.histogram(prob.coef, edges)}
+    panels.update({f"{n} ({int(np.sum(w == 0))} exact zeros)": np.histogram(w, edges)
+                   for n, w in weights.items()})
+    plots.plot_histograms(panels, workdir / "weights.png",
+                          title=f"Weights of the {prob.coef.size} features ({len(prob.support)} informative)")
+    off = np.ones(prob.coef.size, bool)
+    off[prob.support] = False
+    r = cfg.report.off_support_range
+    edges = np.linspace(-r, r, cfg.report.histogram_bins + 1)
+    panels = {f"{n} (|w| max {np.max(np.abs(w[off])):.3f})": np.histogram(np.clip(w[off], -r, r), edges)
+              for n, w in weights.items()}
+    plots.plot_histograms(panels, workdir / "weights_off_support.png",
+                          title=f"The {int(off.sum())} irrelevant weights (clipped to ±{r:g})")
+    order = np.concatenate([prob.support, np.flatnonzero(off)])
+    series = {"true": prob.coef[order]}
+    series.update({n: w[order] for n, w in weights.items()})
+    plots.plot_lines(np.arange(order.size), series, workdir / "coefficients.png",
+                     xlabel=f"feature (the {len(prob.support)} informative ones first)",
+                     ylabel="weight", title="Coefficients by feature")
+    gaps = {}
+    for name in ("l1_subgradient", "l1_proximal", "elastic_net"):
+        fit, j_ref = fits[name]
+        # objective[t] is float32 J before step t; J* is sklearn's optimum in float64. Floored at
+        # 1e-7 (float32 resolution of J ~ 5) so the log axis can show the converged tail.
+        gaps[name] = np.maximum(fit.objective - j_ref, 1e-7)
+    shown = min(cfg.report.gap_steps, len(next(iter(gaps.values()))))
+    plots.plot_lines(np.arange(shown), {n: g[:shown] for n, g in gaps.items()},
+                     workdir / "objective_gap.png", xlabel="step", ylabel="J(t) - J* (sklearn optimum)",
+                     logy=True, title="Gap to the optimum: subgradient stalls, ISTA converges")
+
+
+def format_results(results):
+    prob = results["problem"]
+    cfg = run_files.to_jsonable(results["config"])
+    lines = [
+        f"Sparse regression: n = {cfg['problem']['n_samples']}, d = {cfg['problem']['n_features']}, "
+        f"{cfg['problem']['n_informative']} informative (|w| in [1, 2]), noise {cfg['problem']['noise']}; "
+        f"full-batch {cfg['fit']['optimizer']}, lr = {prob['learning_rate']:.4g} (1/L = "
+        f"{1 / prob['lipschitz']:.4g}), {cfg['fit']['steps']} steps; seed {cfg['seed']}.",
+        "Selected = |w| > 0 (exact zeros only). Objective J = 1/2 mean (y - Xw - b)^2 + l1 |w|_1 + "
+        "l2/2 |w|^2.",
+        "",
+        "| penalty | l1 | l2 | exact zeros | selected | precision | recall | F1 | max abs w off support "
+        "| max abs (w - w_true) | J (ours) | J (sklearn) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["penalties"].items():
+        s = r["support"]
+        lines.append(
+            f"| {name} | {r['l1']:g} | {r['l2']:g} | {s['exact_zeros']} | {s['n_selected']} | "
+            f"{s['precision']:.2f} | {s['recall']:.2f} | {s['f1']:.2f} | {s['max_abs_off_support']:.3g} | "
+            f"{r['max_abs_error_vs_true_coef']:.3f} | {r['objective']:.6f} | {r['sklearn']['objective']:.6f} |")
+    lines += [
+        "",
+        "Agreement with scikit-learn on the same data and objective:",
+        "",
+        "| penalty | sklearn estimator | sklearn selected | sklearn precision / recall | same support "
+        "| max abs coef diff | abs intercept diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["penalties"].items():
+        sk = r["sklearn"]
+        a = sk["agreement"]
+        lines.append(
+            f"| {name} | {sk['estimator']} | {sk['support']['n_selected']} | "
+            f"{sk['support']['precision']:.2f} / {sk['support']['recall']:.2f} | "
+            f"{'yes' if a['same_support'] else 'no'} | {a['max_abs_diff']:.2e} | "
+            f"{sk['intercept_abs_diff']:.2e} |")
+    lines += ["", f"Wall time {results['wall_time_s']:.1f} s. Command: `{results['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv):
+    start = cli.start(argv, "experiments.sparsity", study=SparsityStudy, training=False)
+    results = run(start.cfg, start.workdir, start.command)
+    figures = ["weights.png", "weights_off_support.png", "coefficients.png", "objective_gap.png"]
+    body = {k: v for k, v in results.items() if k not in ("command", "config", "wall_time_s")}
+    cli.finish(start, results["wall_time_s"], body, [format_results(results)], figures)

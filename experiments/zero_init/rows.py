@@ -1,0 +1,23 @@
+"""The cases of the zero-initialization study, as dotted overrides of the study config.
+
+An initializer spec "constant" without arguments stands for `constant(<the study's constant>)`
+(`--config.constant=0.1` changes every constant case).
+"""
+
+CASES = {
+    # The chapter's setting: every weight 0.
+    "zeros": {"model.hidden_init": "zeros", "model.output_init": "zeros", "model.drop_rate": 0.0},
+    # Zero hidden layers, a random head.
+    "zeros_hidden": {"model.hidden_init": "zeros", "model.output_init": "xavier_normal",
+                     "model.drop_rate": 0.0},
+    "constant": {"model.hidden_init": "constant", "model.output_init": "constant",
+                 "model.drop_rate": 0.0},
+    "constant_hidden": {"model.hidden_init": "constant", "model.output_init": "xavier_normal",
+                        "model.drop_rate": 0.0},
+    # Dropout draws a different mask per unit: does it break the symmetry?
+    "constant_dropout": {"model.hidden_init": "constant", "model.output_init": "constant",
+                         "model.drop_rate": 0.2},
+    # The chapter's recipe, for reference.
+    "he": {"model.hidden_init": "he_normal", "model.output_init": "xavier_normal",
+           "model.drop_rate": 0.0},
+}

@@ -1,0 +1,399 @@
+"""The run configuration: typed, frozen sections, parsed and checked once, before anything runs.
+
+A config file (`experiments/configs/*.py`) returns an `ml_collections.ConfigDict`; `parse` turns it
+into a frozen `Config` whose sections are dataclasses:
+
+  seed            int >= 0
+  data            `DataConfig`       where the examples come from, the split, the placement
+  model           the model itself: a registered family's linen module (`ml_practical.models`),
+                  whose fields are the section's fields (`model.name` picks the family)
+  optim           `OptimConfig`      the optax chain (`ml_practical.optim`)
+  train           `TrainConfig`      the loop: epochs, batches, loss, guard, logging
+  early_stopping  `early_stopping.EarlyStopping`, the patience rule (or `enabled=False`)
+  checkpoint      `CheckpointConfig` orbax retention
+  study           a study's own fields (a `Section` subclass defined in `experiments/<study>/`)
+
+Every field is declared once, with its default and its check (`fields.field(...)`: type from the
+annotation, plus `choices` / bounds), so defaults live in one place and every check gives the same
+kind of message: the dotted field, the value, and what is allowed. An unknown field anywhere (a
+misspelt `train.lable_smoothing` in a config file, which a locked ConfigDict does not catch, or on
+the command line) is an error that suggests the close match. Library functions take these typed
+sections, never ConfigDicts.
+
+`to_dict(cfg)` is the resolved config (what `config.json` holds); `override(cfg, {"a.b": v})`
+returns a new, re-checked `Config` with dotted fields replaced (a study's rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from ml_practical.fields import (ConfigError, Section, build, check_fields,  # noqa: F401
+                                 config_fields, field, section_dict, suggest, unknown_field)
+from ml_practical.fields import as_mapping, coerce  # noqa: F401
+from ml_practical.fields import hints as fields_hints
+
+# Allowed values, shared with the modules that act on them.
+DATA_SOURCES = ("arrays", "digits", "idx", "tfds")
+NORMALIZATIONS = ("global", "none", "per_pixel")
+PLACEMENTS = ("auto", "device", "host")
+OPTIMIZERS = ("adam", "adamw", "momentum", "sgd")
+SCHEDULES = ("constant", "warmup_cosine")
+CLIPS = ("global_norm", "none", "value")
+L1_MODES = ("proximal", "subgradient")
+DECAY_MASKS = ("all", "kernels")
+TASKS = ("binary", "classification", "regression")
+BATCHINGS = ("full", "shuffle")
+GUARDS = ("inline", "replay")
+PROGRESS_MODES = ("always", "auto", "never")
+# Top-level fields of a training config, besides a study's own.
+SECTIONS = ("seed", "data", "model", "optim", "train", "early_stopping", "checkpoint")
+
+
+# --------------------------------------------------------------------------- the sections
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Section):
+    """Where the examples come from (`ml_practical.data.load_dataset`) and where they live.
+
+    Attributes:
+      source: "idx" (an MNIST-format directory), "digits" (sklearn's bundled 8x8 digits, offline),
+        "tfds" (TensorFlow Datasets, an optional extra) or "arrays" (a `data.Dataset` the caller
+        passes to `loop.fit(dataset=...)`; a study's synthetic data).
+      data_dir: idx: the directory (None or "": $ML_PRACTICAL_DATA_DIR); tfds: its data_dir.
+      tfds_name: tfds: the dataset name.
+      download: tfds: allow download_and_prepare (network); otherwise unprepared data fails fast.
+      val_size: validation examples carved from train: a count >= 1 or a fraction in (0, 1).
+      split_seed: seed of the train/validation permutation.
+      normalize: "global" (one mean/std), "per_pixel", or "none"; statistics from train only.
+      limit_train: keep a seeded subset of at most this many training examples (0 = all).
+      num_classes: 0 = from the source.
+      placement: "device" (the training set on every device, one scan per epoch), "host"
+        (streamed in prefetched chunks) or "auto" (device when it fits `device_budget_mb`).
+      device_budget_mb: MiB per device the training set may take under "auto".
+      chunk_steps: host placement: steps gathered and transferred per chunk.
+    """
+
+    section: ClassVar[str] = "data"
+    source: str = field("idx", choices=DATA_SOURCES)
+    data_dir: str | None = None
+    tfds_name: str = "mnist"
+    download: bool = False
+    val_size: int | float = field(5000, gt=0)
+    split_seed: int = field(0, ge=0)
+    normalize: str = field("global", choices=NORMALIZATIONS)
+    limit_train: int = field(0, ge=0)
+    num_classes: int = field(0, ge=0)
+    placement: str = field("auto", choices=PLACEMENTS)
+    device_budget_mb: float = field(1024.0, ge=0)
+    chunk_steps: int = field(32, ge=1)
+
+    def check(self):
+        if isinstance(self.val_size, float) and not 0.0 < self.val_size < 1.0:
+            raise ConfigError(f"data.val_size: {self.val_size} as a fraction must lie in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(Section):
+    """The optax chain of `ml_practical.optim.make_optimizer` (its docstring gives the order).
+
+    Attributes:
+      name: "sgd", "momentum" (torch-style heavy ball, dampening 0), "adam", or "adamw" (Adam plus
+        `weight_decay`; "adam" with weight_decay > 0 is the same chain). Required.
+      learning_rate: peak learning rate. Required.
+      momentum: for "momentum".
+      b1, b2, eps: for "adam" / "adamw".
+      schedule: "constant" or "warmup_cosine"; both warm up linearly from 0 over warmup_steps.
+      warmup_steps: linear warmup length in optimizer steps.
+      end_lr_factor: warmup_cosine ends at learning_rate * end_lr_factor.
+      clip: "none", "value" (each entry to [-clip_value, clip_value]) or "global_norm".
+      clip_value: the clipping threshold tau.
+      l2: coupled L2 coefficient (gradient l2 * w, before the optimizer).
+      weight_decay: decoupled decay (step -lr_t * weight_decay * w, after the optimizer).
+      l1: L1 coefficient of sum |w|.
+      l1_mode: "subgradient" (g += l1 sign(w)) or "proximal" (soft-threshold: exact zeros).
+      decay_mask: "kernels" (leaves named "kernel") or "all" leaves.
+    """
+
+    section: ClassVar[str] = "optim"
+    name: str = field(choices=OPTIMIZERS)
+    learning_rate: float = field(gt=0)
+    momentum: float = field(0.9, ge=0, lt=1)
+    b1: float = field(0.9, ge=0, lt=1)
+    b2: float = field(0.999, ge=0, lt=1)
+    eps: float = field(1e-8, gt=0)
+    schedule: str = field("constant", choices=SCHEDULES)
+    warmup_steps: int = field(0, ge=0)
+    end_lr_factor: float = field(0.0, ge=0, le=1)
+    clip: str = field("none", choices=CLIPS)
+    clip_value: float = field(1.0, gt=0)
+    l2: float = field(0.0, ge=0)
+    weight_decay: float = field(0.0, ge=0)
+    l1: float = field(0.0, ge=0)
+    l1_mode: str = field("subgradient", choices=L1_MODES)
+    decay_mask: str = field("kernels", choices=DECAY_MASKS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+    """The epoch loop (`ml_practical.loop`).
+
+    Attributes:
+      num_epochs: the epoch budget.
+      batch_size: global batch (split over the devices; a multiple of their number).
+      eval_batch_size: batch of the evaluation scans (likewise).
+      task: "classification" (softmax cross entropy, integer labels), "regression" (1/2 squared
+        error, real targets) or "binary" (sigmoid cross entropy, 0/1 labels); `ml_practical.tasks`.
+      label_smoothing: classification only: a in [0, 1), targets (1 - a) onehot + a / K.
+      augment: an `ml_practical.augment.get` name ("none", "shift_rotate", ...).
+      batching: "shuffle" (a seeded permutation per epoch, n // batch_size steps) or "full" (every
+        step the whole training set in its stored order, `steps_per_epoch` steps: full-batch
+        gradient descent).
+      steps_per_epoch: steps of an epoch with batching "full" (>= 1 there; 0 otherwise).
+      skip_nonfinite: skip (and count) steps whose loss or gradient is not finite.
+      guard: how the skip is made: "replay" (each epoch runs unguarded and is replayed guarded
+        only if a step was non-finite: free when nothing goes wrong) or "inline" (a `lax.cond` in
+        every step: for runs where non-finite steps are common, which replay would run twice).
+      max_consecutive_skips: stop with "non_finite" after this many skipped steps in a row
+        (0 = never stop for skipped steps).
+      num_devices: devices of the data-parallel mesh (0 = all).
+      stats_every: per-layer activation / gradient statistics every K epochs (0 = off).
+      progress: "auto" (a bar when stderr is a terminal), "always" or "never".
+      restart: if the workdir holds a run of another config, delete it and start over.
+    """
+
+    section: ClassVar[str] = "train"
+    num_epochs: int = field(20, ge=1)
+    batch_size: int = field(128, ge=1)
+    eval_batch_size: int = field(1000, ge=1)
+    task: str = field("classification", choices=TASKS)
+    label_smoothing: float = field(0.0, ge=0, lt=1)
+    augment: str = "none"
+    batching: str = field("shuffle", choices=BATCHINGS)
+    steps_per_epoch: int = field(0, ge=0)
+    skip_nonfinite: bool = True
+    guard: str = field("replay", choices=GUARDS)
+    max_consecutive_skips: int = field(20, ge=0)
+    num_devices: int = field(0, ge=0)
+    stats_every: int = field(0, ge=0)
+    progress: str = field("auto", choices=PROGRESS_MODES)
+    restart: bool = False
+
+    def check(self):
+        from ml_practical import augment  # jax; config stays importable without it until here
+        if self.augment not in augment.NAMES:
+            raise ConfigError(f"train.augment: unknown {self.augment!r}; expected one of "
+                              f"{list(augment.NAMES)}")
+        if self.batching == "full" and self.steps_per_epoch < 1:
+            raise ConfigError(f"train.steps_per_epoch: {self.steps_per_epoch}; batching 'full' "
+                              "needs the number of steps of an epoch, expected an integer >= 1")
+        if self.batching == "shuffle" and self.steps_per_epoch:
+            raise ConfigError(f"train.steps_per_epoch: {self.steps_per_epoch}; with batching "
+                              "'shuffle' an epoch is one pass over the data, expected 0")
+        if self.label_smoothing and self.task != "classification":
+            raise ConfigError(f"train.label_smoothing: {self.label_smoothing}; only the "
+                              f"'classification' task smooths labels, not {self.task!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig(Section):
+    """Orbax retention (`ml_practical.checkpointing`): the latest N for resume, the best K."""
+
+    section: ClassVar[str] = "checkpoint"
+    keep_latest: int = field(2, ge=1)
+    keep_best: int = field(1, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A parsed training config. Build it with `parse`; replace fields with `override`.
+
+    `model` is the model module itself (its fields are the section's), `model_name` its family.
+    `study` holds a study's own fields (None for a plain run).
+    """
+
+    seed: int
+    data: DataConfig
+    model: Any
+    model_name: str
+    optim: OptimConfig
+    train: TrainConfig
+    early_stopping: Any
+    checkpoint: CheckpointConfig
+    study: Any = None
+
+
+def _parse_seed(value: Any) -> int:
+    return coerce(value, int, "seed", {"ge": 0})
+
+
+def parse(raw: Any, *, study: type | None = None) -> Config:
+    """Checks a whole training config once and returns its typed, frozen form.
+
+    Args:
+      raw: an `ml_collections.ConfigDict` (from a config file and the command line) or a mapping
+        with the sections of the module docstring; omitted sections and fields take their
+        defaults (the model family's own, for `model`).
+      study: the dataclass of a study's top-level fields (e.g. `seeds`, `only`), or None; every
+        top-level field that is neither a section nor one of these is an error.
+
+    Returns:
+      A `Config`.
+
+    Raises:
+      ConfigError: one line naming the dotted field, its value and what is allowed, or the
+        unknown field and its close match.
+    """
+    from ml_practical import models  # flax: imported when a config is parsed, not before
+    from ml_practical.early_stopping import EarlyStopping
+
+    values = as_mapping(raw, "")
+    study_names = [f.name for f in config_fields(study)] if study is not None else []
+    known = list(SECTIONS) + study_names
+    for key in values:
+        if key not in known:
+            raise unknown_field("", key, known)
+    model_raw = as_mapping(values.get("model", {}), "model")
+    family = model_raw.pop("name", "mlp")
+    model = models.build_model(family, model_raw)
+    study_values = {k: values[k] for k in study_names if k in values}
+    return Config(
+        seed=_parse_seed(values.get("seed", 0)),
+        data=build(DataConfig, values.get("data", {})),
+        model=model, model_name=family,
+        optim=build(OptimConfig, values.get("optim", {})),
+        train=build(TrainConfig, values.get("train", {})),
+        early_stopping=build(EarlyStopping, values.get("early_stopping", {}), "early_stopping"),
+        checkpoint=build(CheckpointConfig, values.get("checkpoint", {})),
+        study=build(study, study_values, "") if study is not None else None)
+
+
+def parse_study(raw: Any, study: type) -> Any:
+    """A config that is only a study's fields (no training sections): its typed, frozen form."""
+    return build(study, raw, "")
+
+
+def defaults(family: str = "mlp", study: type | None = None):
+    """A ConfigDict with every field of every section at its default: what config files start from.
+
+    A config file states only what its run changes (`cfg = config.defaults(); cfg.model.norm =
+    "batch"; ...`), so each default is written once, here in the section classes, and every field
+    exists in the (locked) ConfigDict, so any of them can be overridden on the command line.
+    Required fields without a default (optim.name, optim.learning_rate, early_stopping.mode,
+    early_stopping.monitor, early_stopping.patience) are typed placeholders the file must set;
+    fields whose default is None are typed placeholders too.
+
+    Args:
+      family: the model family (`ml_practical.models.FAMILIES`) whose fields the model section has.
+      study: a study's dataclass; its fields are added at the top level at their defaults.
+    """
+    from ml_practical import models
+    from ml_practical.early_stopping import EarlyStopping
+
+    cfg = study_defaults(study) if study is not None else _new_configdict()
+    cfg.seed = 0
+    cfg.data = study_defaults(DataConfig)
+    cfg.model = study_defaults(models.FAMILIES[family])
+    cfg.model.name = family
+    cfg.optim = study_defaults(OptimConfig)
+    cfg.train = study_defaults(TrainConfig)
+    cfg.early_stopping = study_defaults(EarlyStopping)
+    cfg.checkpoint = study_defaults(CheckpointConfig)
+    return cfg
+
+
+def with_study(cfg, study: type):
+    """Adds a study's fields, at their defaults, to a training ConfigDict (e.g. one from
+    `defaults` or another config file), and returns it."""
+    extra = study_defaults(study)
+    with cfg.unlocked():
+        for name in extra:
+            cfg[name] = extra[name]
+    return cfg
+
+
+def _new_configdict():
+    import ml_collections
+    return ml_collections.ConfigDict()
+
+
+def study_defaults(cls: type):
+    """A ConfigDict of a section class's fields at their defaults (nested sections included).
+
+    What a study's config file starts from (a study whose config has no training sections, or a
+    section of `defaults`); required fields and None defaults become typed placeholders. A study's
+    own fields have no defaults (its config file is where their values live): the file sets each.
+    """
+    from ml_collections import config_dict
+
+    declared = fields_hints(cls)
+    out = _new_configdict()
+    for f in config_fields(cls):
+        kind = declared[f.name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            value = study_defaults(kind)  # a nested section, with its own defaults
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        elif f.default is not dataclasses.MISSING and f.default is not None:
+            value = f.default
+        else:  # required, or None by default: a placeholder of the declared type
+            value = config_dict.placeholder(_placeholder_type(declared[f.name]))
+        out[f.name] = value
+    return out
+
+
+def _placeholder_type(hint: Any) -> type:
+    """The Python type of a ConfigDict placeholder for a field annotation (int | None -> int)."""
+    import typing as t
+    args = [a for a in t.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    return base if isinstance(base, type) else object
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as nested plain values (`config.json`; compared on resume)."""
+    out = {"seed": cfg.seed, "data": section_dict(cfg.data),
+           "model": {"name": cfg.model_name, **section_dict(cfg.model)},
+           "optim": section_dict(cfg.optim), "train": section_dict(cfg.train),
+           "early_stopping": section_dict(cfg.early_stopping),
+           "checkpoint": section_dict(cfg.checkpoint)}
+    if cfg.study is not None:
+        out.update(section_dict(cfg.study))
+    return out
+
+
+def override(cfg: Config, overrides: Mapping[str, Any], *, study: type | None = None,
+             what: str = "override") -> Config:
+    """A new `Config` with dotted fields replaced and everything checked again.
+
+    Args:
+      cfg: the base config.
+      overrides: {"model.norm": "batch", "seed": 3, ...}; a field that does not exist is an error.
+      study: the study class to keep `cfg.study` under (None drops the study fields).
+      what: names the source of the overrides in messages (e.g. "row 'he_bn'").
+
+    Raises:
+      ConfigError: an unknown dotted field (with the close match) or a bad value.
+    """
+    tree = to_dict(cfg)
+    if study is None:
+        tree = {k: v for k, v in tree.items() if k in SECTIONS}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for depth, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{what}: {key}: {'.'.join(parents[:depth + 1])} is not a "
+                                  "section")
+            node = node[part]
+        if leaf not in node and not (parents == ["model"] and leaf == "name"):
+            prefix = ".".join(parents)
+            raise ConfigError(f"{what}: {unknown_field(prefix, leaf, list(node))}")
+        node[leaf] = value
+    try:
+        return parse(tree, study=study)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None

@@ -1,0 +1,197 @@
+"""What a run is made of: data, model, optimizer and compiled functions, built from a `Config`.
+
+`build_experiment(cfg)` loads (or takes) the dataset, checks it against the model and the batch
+sizes, builds the optax chain and the compiled epoch and evaluation functions, and puts the data
+where `data.placement` says. Nothing is compiled until first use (jit is lazy). The loop
+(`ml_practical.loop`) drives an `Experiment`; `multiseed` vmaps one over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ml_practical import augment as augment_lib
+from ml_practical import data as data_lib
+from ml_practical import distributed, input_pipeline, models, optim
+from ml_practical import tasks as tasks_lib
+from ml_practical import train as train_lib
+from ml_practical.config import Config
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What the loop needs of a run: data, model, optimizer and compiled functions.
+
+    `placement` says where the training set lives (`input_pipeline`): "device" (then
+    `train_arrays` are device arrays and `epoch_fn` one compiled scan) or "host" (then
+    `train_arrays` are the dataset's numpy arrays, never put on a device, and `epoch_fn` streams
+    prefetched chunks). Both epoch functions take (state, *train_arrays, batch_idx), so the loop
+    does not depend on the choice. Validation and test are device-resident.
+    """
+
+    cfg: Config
+    dataset: data_lib.Dataset
+    model: nn.Module
+    task: tasks_lib.Task
+    tx: optax.GradientTransformation
+    schedule: Callable[[int], float]
+    mesh: Mesh
+    epoch_fn: Callable                 # unguarded (or inline-guarded); keeps its input for replay
+    epoch_fn_guarded: Callable | None  # the replay with the non-finite guard (None: no replay)
+    evaluate: Callable
+    steps_per_epoch: int
+    train_arrays: tuple[jax.Array | np.ndarray, jax.Array | np.ndarray]  # numpy when "host"
+    val_split: tuple[jax.Array, ...]
+    test_split: tuple[jax.Array, ...]
+    placement: input_pipeline.InputPlacement
+
+    def init_state(self) -> train_lib.TrainState:
+        """The fresh state of seed `cfg.seed`, replicated over the mesh."""
+        state = train_lib.create_train_state(self.model, self.tx, jax.random.PRNGKey(self.cfg.seed),
+                                             self.dataset.train_x.shape[1:])
+        # Every process initialises the same state from the seed and fills its own devices;
+        # device_put would instead all-gather the state across processes to check it is equal.
+        return self.replicate(state)
+
+    def replicate(self, tree: Any) -> Any:
+        """A host pytree as global arrays replicated over the mesh."""
+        replicated = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda a: distributed.put_global(np.asarray(a), replicated), tree)
+
+    def run_epoch(self, state: train_lib.TrainState,
+                  epoch: int) -> tuple[train_lib.TrainState, dict[str, np.ndarray]]:
+        """Trains one epoch (`train.replay_if_nonfinite`); per-step metrics come back on the host."""
+        return train_lib.replay_if_nonfinite(self.epoch_fn, self.epoch_fn_guarded, state,
+                                             *self.train_arrays, self.batch_indices(epoch))
+
+    def batch_indices(self, epoch: int) -> jax.Array:
+        """The epoch's (num_batches, batch_size) example indices, replicated on every device.
+
+        "shuffle": `data.batch_indices(seed, epoch, ...)`; every process computes the same indices
+        and, with the device-resident training set (replicated too), each device gathers only its
+        own rows of each global batch inside the compiled epoch. "full": every row is the whole
+        training set in stored order.
+        """
+        n = len(self.dataset.train_y)
+        if self.cfg.train.batching == "full":
+            idx = np.tile(np.arange(n, dtype=np.int32), (self.steps_per_epoch, 1))
+        else:
+            idx = data_lib.batch_indices(self.cfg.seed, epoch, n, self.cfg.train.batch_size,
+                                         drop_remainder=True)
+        return distributed.put_global(idx.astype(np.int32), NamedSharding(self.mesh, P()))
+
+    def summary(self, test: Mapping[str, float], history: list[dict[str, Any]], *,
+                best_epoch: int | None, best_metric: dict[str, Any], stop_reason: str,
+                num_params: int, seed: int) -> dict[str, Any]:
+        """A run's summary.json (`loop.fit`, and each seed of `loop.fit_seeds`).
+
+        `test` holds the test metrics of the restored state, `history` the run's records.
+        """
+        return {
+            **{f"test/{name}": float(value) for name, value in test.items()},
+            "best_epoch": best_epoch,
+            "best_metric": best_metric,
+            "epochs_run": len(history),
+            "stop_reason": stop_reason,
+            "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
+            "num_params": num_params,
+            "seed": seed,
+            "model": models.describe(self.model, self.dataset.train_x.shape[1:], num_params),
+            "dataset": self.dataset.info(),
+            "input": self.placement.info(),  # where the training set lived ("device" | "host")
+            "devices": [str(d) for d in self.mesh.devices.flat],
+        }
+
+
+def steps_per_epoch(cfg: Config, num_train: int) -> int:
+    """Optimizer steps of one epoch: n // batch_size ("shuffle") or `train.steps_per_epoch`."""
+    if cfg.train.batching == "full":
+        return cfg.train.steps_per_epoch
+    steps = num_train // cfg.train.batch_size
+    if steps == 0:
+        raise ValueError(f"train.batch_size: {cfg.train.batch_size} exceeds the {num_train} "
+                         "training examples")
+    return steps
+
+
+def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
+                     mesh: Mesh | None = None, *,
+                     step_metrics: train_lib.StepMetrics | None = None,
+                     record_clip: bool = False) -> Experiment:
+    """Loads data, builds model and optimizer and compiles nothing yet (jit is lazy).
+
+    Args:
+      cfg: the parsed config (`config.parse`).
+      dataset: a Dataset to use instead of loading `cfg.data` (tests, studies, your own arrays).
+      mesh: the device mesh (default: `train.make_mesh(cfg.train.num_devices)`).
+      step_metrics: extra per-step metrics computed inside the compiled step (`train.train_step`).
+      record_clip: `optim.make_optimizer(..., record_clip=True)`: the optimizer state records each
+        step's clip statistics (read them with `clip_recorder.step_metrics`).
+
+    Raises:
+      ValueError: the data disagree with the model (classes) or the batch sizes with the devices.
+    """
+    dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
+    num_classes = getattr(cfg.model, "num_classes", None)
+    if cfg.train.task == "classification" and num_classes != dataset.num_classes:
+        raise ValueError(f"model.num_classes: {num_classes} but the dataset {dataset.name!r} "
+                         f"has {dataset.num_classes} classes")
+    mesh = mesh if mesh is not None else train_lib.make_mesh(cfg.train.num_devices or None)
+    n_dev = mesh.devices.size
+    for name in ("batch_size", "eval_batch_size"):
+        value = getattr(cfg.train, name)
+        if cfg.train.batching == "full" and name == "batch_size":
+            value = len(dataset.train_y)
+        if value % n_dev:
+            raise ValueError(f"train.{name}: {value} does not divide over {n_dev} devices; use "
+                             f"a multiple of {n_dev}")
+    model = cfg.model
+    task = tasks_lib.make_task(cfg.train.task, cfg.train.label_smoothing)
+    steps = steps_per_epoch(cfg, len(dataset.train_y))
+    total_steps = steps * cfg.train.num_epochs
+    tx = optim.make_optimizer(cfg.optim, total_steps=total_steps, record_clip=record_clip)
+    schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
+    augment_fn = augment_lib.get(cfg.train.augment)
+    replicated = NamedSharding(mesh, P())
+    eval_bs = cfg.train.eval_batch_size
+    make_epoch = functools.partial(train_lib.make_train_epoch, model, tx, task=task,
+                                   augment_fn=augment_fn, mesh=mesh, step_metrics=step_metrics)
+    placement = input_pipeline.resolve_placement(
+        cfg.data, dataset.train_x.nbytes + dataset.train_y.nbytes)
+    if placement.placement == "device":
+        # The training set is replicated: each device gathers its batches locally, then the batch
+        # is constrained to be split over "data".
+        train_arrays = (distributed.put_global(dataset.train_x, replicated),
+                        distributed.put_global(dataset.train_y, replicated))
+        build = make_epoch
+    else:
+        # Host-resident: no device_put of the training set (that is the memory saving).
+        train_arrays = (dataset.train_x, dataset.train_y)
+        stream = functools.partial(input_pipeline.make_streamed_epoch, mesh=mesh,
+                                   chunk_steps=placement.chunk_steps)
+        build = lambda **kw: stream(make_epoch(gather=False, **kw))  # noqa: E731
+    if not cfg.train.skip_nonfinite:
+        epoch_fn, epoch_fn_guarded = build(skip_nonfinite=False, donate=True), None
+    elif cfg.train.guard == "inline":
+        epoch_fn, epoch_fn_guarded = build(skip_nonfinite=True, donate=True), None
+    else:  # "replay": unguarded, keeping the start state, replayed guarded if it must
+        epoch_fn = build(skip_nonfinite=False, donate=False)
+        epoch_fn_guarded = build(skip_nonfinite=True)
+    return Experiment(
+        cfg=cfg, dataset=dataset, model=model, task=task, tx=tx, schedule=schedule, mesh=mesh,
+        epoch_fn=epoch_fn, epoch_fn_guarded=epoch_fn_guarded,
+        evaluate=train_lib.make_evaluate(model, eval_bs, mesh, task),
+        steps_per_epoch=steps,
+        train_arrays=train_arrays,
+        val_split=train_lib.put_split(dataset.val_x, dataset.val_y, eval_bs, replicated),
+        test_split=train_lib.put_split(dataset.test_x, dataset.test_y, eval_bs, replicated),
+        placement=placement,
+    )
