@@ -22,12 +22,9 @@ run resumed from a checkpoint at epoch k sees exactly the batches an uninterrupt
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import math
 import os
-import zlib
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 

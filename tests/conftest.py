@@ -1,11 +1,17 @@
 """Shared fixtures: tiny datasets and configs that train in seconds on 2 CPU cores."""
 
+import types
+
 import numpy as np
 import pytest
 
 from experiments.configs import mnist_mlp
 from ml_practical import config
 from ml_practical import data as data_lib
+from ml_practical import idx
+
+# The fake MNIST directory of `fake_mnist`: train / test rows and image size.
+N_TRAIN, N_TEST, H, W = 200, 50, 28, 28
 
 
 def make_tiny_dataset(n_train=256, n_val=64, n_test=64, shape=(4, 4, 1), num_classes=3, seed=0):
@@ -51,3 +57,28 @@ def tiny(**overrides) -> config.Config:
 @pytest.fixture
 def tiny_dataset():
     return make_tiny_dataset()
+
+
+def write_mnist(dirpath, train_x, train_y, test_x, test_y, gz=True):
+    """Writes the four MNIST-format files (IDX, gzip-compressed by default) into `dirpath`."""
+    ext = ".gz" if gz else ""
+    idx.write_idx(dirpath / f"train-images-idx3-ubyte{ext}", train_x)
+    idx.write_idx(dirpath / f"train-labels-idx1-ubyte{ext}", train_y)
+    idx.write_idx(dirpath / f"t10k-images-idx3-ubyte{ext}", test_x)
+    idx.write_idx(dirpath / f"t10k-labels-idx1-ubyte{ext}", test_y)
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    """A tiny MNIST-format directory: uint8 images with a constant border pixel, labels 0..9."""
+    rng = np.random.default_rng(123)
+    train_x = rng.integers(0, 256, (N_TRAIN, H, W), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (N_TEST, H, W), dtype=np.uint8)
+    train_x[:, 0, 0] = 0  # constant over train, like MNIST's border
+    train_y = (np.arange(N_TRAIN) % 10).astype(np.uint8)
+    test_y = (np.arange(N_TEST) % 10).astype(np.uint8)
+    d = tmp_path / "fake_mnist"
+    d.mkdir()
+    write_mnist(d, train_x, train_y, test_x, test_y)
+    return types.SimpleNamespace(dir=d, train_x=train_x, train_y=train_y, test_x=test_x,
+                                 test_y=test_y)

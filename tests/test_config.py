@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import ml_collections
 import pytest
 
 from experiments.configs import mnist_mlp

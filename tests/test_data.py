@@ -12,7 +12,7 @@ import pytest
 
 from ml_practical import config, data, idx
 
-N_TRAIN, N_TEST, H, W = 200, 50, 28, 28
+from tests.conftest import N_TEST, N_TRAIN, H, W, write_mnist  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -30,28 +30,6 @@ def _cfg(**kw):
     return _section(base)
 
 
-def _write_mnist(dirpath, train_x, train_y, test_x, test_y, gz=True):
-    ext = ".gz" if gz else ""
-    data.write_idx(dirpath / f"train-images-idx3-ubyte{ext}", train_x)
-    data.write_idx(dirpath / f"train-labels-idx1-ubyte{ext}", train_y)
-    data.write_idx(dirpath / f"t10k-images-idx3-ubyte{ext}", test_x)
-    data.write_idx(dirpath / f"t10k-labels-idx1-ubyte{ext}", test_y)
-
-
-@pytest.fixture
-def fake_mnist(tmp_path):
-    """A tiny MNIST-format directory: uint8 images with a constant border pixel, labels 0..9."""
-    rng = np.random.default_rng(123)
-    train_x = rng.integers(0, 256, (N_TRAIN, H, W), dtype=np.uint8)
-    test_x = rng.integers(0, 256, (N_TEST, H, W), dtype=np.uint8)
-    train_x[:, 0, 0] = 0  # constant over train, like MNIST's border
-    train_y = (np.arange(N_TRAIN) % 10).astype(np.uint8)
-    test_y = (np.arange(N_TEST) % 10).astype(np.uint8)
-    d = tmp_path / "fake_mnist"
-    d.mkdir()
-    _write_mnist(d, train_x, train_y, test_x, test_y)
-    return types.SimpleNamespace(dir=d, train_x=train_x, train_y=train_y, test_x=test_x,
-                                 test_y=test_y)
 
 
 def _row_index(raw_images):

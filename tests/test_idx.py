@@ -2,41 +2,18 @@
 
 import gzip
 import re
-import types
 
 import numpy as np
 import pytest
 
 from ml_practical import idx
 
-N_TRAIN, N_TEST, H, W = 200, 50, 28, 28
+from tests.conftest import N_TEST, N_TRAIN, H, W, write_mnist  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
-def _write_mnist(dirpath, train_x, train_y, test_x, test_y, gz=True):
-    ext = ".gz" if gz else ""
-    idx.write_idx(dirpath / f"train-images-idx3-ubyte{ext}", train_x)
-    idx.write_idx(dirpath / f"train-labels-idx1-ubyte{ext}", train_y)
-    idx.write_idx(dirpath / f"t10k-images-idx3-ubyte{ext}", test_x)
-    idx.write_idx(dirpath / f"t10k-labels-idx1-ubyte{ext}", test_y)
-
-
-@pytest.fixture
-def fake_mnist(tmp_path):
-    """A tiny MNIST-format directory: uint8 images with a constant border pixel, labels 0..9."""
-    rng = np.random.default_rng(123)
-    train_x = rng.integers(0, 256, (N_TRAIN, H, W), dtype=np.uint8)
-    test_x = rng.integers(0, 256, (N_TEST, H, W), dtype=np.uint8)
-    train_x[:, 0, 0] = 0  # constant over train, like MNIST's border
-    train_y = (np.arange(N_TRAIN) % 10).astype(np.uint8)
-    test_y = (np.arange(N_TEST) % 10).astype(np.uint8)
-    d = tmp_path / "fake_mnist"
-    d.mkdir()
-    _write_mnist(d, train_x, train_y, test_x, test_y)
-    return types.SimpleNamespace(dir=d, train_x=train_x, train_y=train_y, test_x=test_x,
-                                 test_y=test_y)
 
 
 # --------------------------------------------------------------------------- IDX round trips
@@ -159,7 +136,7 @@ def test_load_idx_dir_missing_dir(tmp_path):
 def test_load_idx_dir_accepts_raw_and_dotted_names(fake_mnist, tmp_path):
     d = tmp_path / "raw"
     d.mkdir()
-    _write_mnist(d, fake_mnist.train_x, fake_mnist.train_y, fake_mnist.test_x, fake_mnist.test_y,
+    write_mnist(d, fake_mnist.train_x, fake_mnist.train_y, fake_mnist.test_x, fake_mnist.test_y,
                  gz=False)
     (d / "t10k-images-idx3-ubyte").rename(d / "t10k-images.idx3-ubyte")
     raw = idx.load_idx_dir(d)

@@ -1,6 +1,5 @@
 """The train step and the compiled epoch / evaluation: loss falls, one compilation, step keys."""
 
-import json
 
 import jax
 import jax.numpy as jnp

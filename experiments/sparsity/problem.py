@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

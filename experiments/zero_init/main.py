@@ -26,7 +26,7 @@ from ml_practical import data as data_lib
 from ml_practical import loop, plots, run_files
 from ml_practical.analysis.activations import STATS_BATCH_SIZE, activation_stats
 from ml_practical.analysis.symmetry import unit_symmetry
-from ml_practical.config import Section, field
+from ml_practical.config import Section
 
 INIT_FILE = "symmetry_init.json"
 
