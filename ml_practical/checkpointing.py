@@ -125,6 +125,7 @@ class RunCheckpointer:
         self.directory = pathlib.Path(directory).absolute()
         self.cfg_json = run_files.to_jsonable(cfg)
         self.monitor, self.mode = cfg.early_stopping.monitor, cfg.early_stopping.mode
+        self.asynchronous = cfg.checkpoint.asynchronous
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -139,9 +140,11 @@ class RunCheckpointer:
             best_fn=rank, best_mode="max",  # needed for the metrics to be written at all
             preservation_policy=policy,
             cleanup_tmp_directories=True,
-            # Synchronous saves: when `save` returns, the step is on disk, so the trainer never
-            # starts the next epoch (or reports the end of the run) on a save that could be lost.
-            enable_async_checkpointing=False,
+            # Synchronous by default: when `save` returns, the step is on disk. Asynchronous
+            # (`checkpoint.asynchronous`): the device arrays are copied to the host before `save`
+            # returns and written in the background while the next epoch trains; every restore
+            # and `close` waits for the write in flight first.
+            enable_async_checkpointing=self.asynchronous,
         )
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
@@ -149,7 +152,10 @@ class RunCheckpointer:
     def save(self, epoch: int, state: Any, early_stopping: Mapping[str, Any],
              record: Mapping[str, Any], consecutive_skips: int = 0, *,
              improved: bool | None = None) -> None:
-        """Saves epoch `epoch` (blocking; atomic: orbax writes a temporary dir, then renames).
+        """Saves epoch `epoch` (atomic: orbax writes a temporary dir, then renames it).
+
+        Blocking unless `checkpoint.asynchronous`; then the write finishes in the background
+        (`wait` waits for it).
 
         `improved`: whether this epoch is the run's new best (default: early stopping's
         `best_epoch == epoch`; the loop passes True for every epoch when early stopping is off).
@@ -172,6 +178,11 @@ class RunCheckpointer:
         metrics = {"es_rank": float(epoch if improved else -1)}
         self._manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+        if not self.asynchronous:
+            self._manager.wait_until_finished()
+
+    def wait(self) -> None:
+        """Returns when every save is on disk (at once for synchronous saves)."""
         self._manager.wait_until_finished()
 
     # Restoring ------------------------------------------------------------------------------------
@@ -218,6 +229,7 @@ class RunCheckpointer:
 
     def restore_latest(self, like: Any) -> Restored | None:
         """The newest step that verifies, falling back step by step; None if there is none."""
+        self.wait()
         return self._restore_first_good(sorted(self.all_steps(), reverse=True), like)
 
     def restore_best(self, like: Any, best_epoch: int | None) -> Restored | None:
@@ -228,6 +240,7 @@ class RunCheckpointer:
         """
         if best_epoch is None:
             return None
+        self.wait()
         candidates = [s for s in sorted(self.all_steps(), reverse=True) if s <= best_epoch]
         return self._restore_first_good(candidates, like)
 

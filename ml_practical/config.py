@@ -200,11 +200,26 @@ class TrainConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig(Section):
-    """Orbax retention (`ml_practical.checkpointing`): the latest N for resume, the best K."""
+    """Orbax checkpoints (`ml_practical.checkpointing`, `loop.fit`).
+
+    Attributes:
+      keep_latest: steps kept for resuming (the newest N).
+      keep_best: steps kept for restoring the best (the K most recent early-stopping bests).
+      every: save every N epochs; 1 saves every epoch, 0 only the run's last epoch. The last
+        epoch is always saved. Between saves the loop keeps the best state on the device and
+        writes it (as its own step) at the next save if it is not on disk yet. A run killed
+        between saves resumes from the last one and trains the epochs after it again,
+        bit-identically (batch order and random keys are functions of the seed and the step).
+      asynchronous: write each save in the background while the next epoch trains (orbax's async
+        checkpointing); the run waits for the last write before it restores and reports. A run
+        killed during a write resumes from the step before it, as with `every` > 1.
+    """
 
     section: ClassVar[str] = "checkpoint"
     keep_latest: int = field(2, ge=1)
     keep_best: int = field(1, ge=1)
+    every: int = field(1, ge=0)
+    asynchronous: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,12 +4,24 @@
 sizes, builds the optax chain and the compiled epoch and evaluation functions, and puts the data
 where `data.placement` says. Nothing is compiled until first use (jit is lazy). The loop
 (`ml_practical.loop`) drives an `Experiment`; `multiseed` vmaps one over seeds.
+
+Shared by the runs of a study (one process):
+* the program: runs whose configs differ only in what the compiled functions do not depend on
+  (the seed above all; `program_key` lists what they do depend on) get the same jitted epoch and
+  evaluation functions, so a study compiles each distinct program once (the last
+  `PROGRAM_CACHE_SIZE` programs are kept);
+* the device copies of a `Dataset` object: every run of the same dataset, mesh and placement uses
+  the same device-resident training set and evaluation splits (kept while the dataset lives).
+Both are pure memoization: the arithmetic of a run is that of a fresh build, bit for bit.
+`clear_caches()` empties them.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import weakref
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -122,6 +134,97 @@ def steps_per_epoch(cfg: Config, num_train: int) -> int:
     return steps
 
 
+PROGRAM_CACHE_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """The compiled-function side of an experiment: what runs of one program share."""
+
+    tx: optax.GradientTransformation
+    schedule: Callable[[int], float]
+    task: tasks_lib.Task
+    epoch_fn: Callable
+    epoch_fn_guarded: Callable | None
+    evaluate: Callable
+
+
+_PROGRAMS: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
+_DEVICE_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def clear_caches() -> None:
+    """Forgets the shared programs and device copies (the next build compiles and transfers)."""
+    _PROGRAMS.clear()
+    _DEVICE_DATA.clear()
+
+
+def program_key(cfg: Config, dataset: data_lib.Dataset, mesh: Mesh, total_steps: int,
+                placement: input_pipeline.InputPlacement, step_metrics, record_clip: bool) -> tuple:
+    """Everything the compiled epoch and evaluation of a run depend on, and nothing else.
+
+    Not in it: the seed (the init key and the batch order are inputs of the program), the data's
+    values, the checkpoint and early-stopping settings, the data source fields.
+    """
+    t = cfg.train
+    shapes = tuple((a.shape, str(a.dtype)) for a in (dataset.train_x, dataset.train_y,
+                                                      dataset.val_x, dataset.val_y,
+                                                      dataset.test_x, dataset.test_y))
+    return (cfg.model, cfg.optim, total_steps, t.task, t.label_smoothing, t.augment,
+            t.skip_nonfinite, t.guard, t.eval_batch_size, placement.placement,
+            placement.chunk_steps, mesh, step_metrics, record_clip, shapes)
+
+
+def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
+                   placement: input_pipeline.InputPlacement, step_metrics,
+                   record_clip: bool) -> _Program:
+    model = cfg.model
+    task = tasks_lib.make_task(cfg.train.task, cfg.train.label_smoothing)
+    tx = optim.make_optimizer(cfg.optim, total_steps=total_steps, record_clip=record_clip)
+    schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
+    make_epoch = functools.partial(train_lib.make_train_epoch, model, tx, task=task,
+                                   augment_fn=augment_lib.get(cfg.train.augment), mesh=mesh,
+                                   step_metrics=step_metrics)
+    if placement.placement == "device":
+        build = make_epoch
+    else:
+        stream = functools.partial(input_pipeline.make_streamed_epoch, mesh=mesh,
+                                   chunk_steps=placement.chunk_steps)
+        build = lambda **kw: stream(make_epoch(gather=False, **kw))  # noqa: E731
+    if not cfg.train.skip_nonfinite:
+        epoch_fn, epoch_fn_guarded = build(skip_nonfinite=False, donate=True), None
+    elif cfg.train.guard == "inline":
+        epoch_fn, epoch_fn_guarded = build(skip_nonfinite=True, donate=True), None
+    else:  # "replay": unguarded, keeping the start state, replayed guarded if it must
+        epoch_fn = build(skip_nonfinite=False, donate=False)
+        epoch_fn_guarded = build(skip_nonfinite=True)
+    return _Program(tx=tx, schedule=schedule, task=task, epoch_fn=epoch_fn,
+                    epoch_fn_guarded=epoch_fn_guarded,
+                    evaluate=train_lib.make_evaluate(model, cfg.train.eval_batch_size, mesh, task))
+
+
+def _device_data(dataset: data_lib.Dataset, mesh: Mesh, eval_batch_size: int,
+                 placement: str) -> tuple[tuple, tuple, tuple]:
+    """(train arrays, val split, test split) of a dataset on the mesh, transferred once."""
+    per_dataset = _DEVICE_DATA.setdefault(dataset, {})
+    key = (mesh, eval_batch_size, placement)
+    if key not in per_dataset:
+        replicated = NamedSharding(mesh, P())
+        if placement == "device":
+            # The training set is replicated: each device gathers its batches locally, then the
+            # batch is constrained to be split over "data".
+            train_arrays = (distributed.put_global(dataset.train_x, replicated),
+                            distributed.put_global(dataset.train_y, replicated))
+        else:
+            # Host-resident: no device_put of the training set (that is the memory saving).
+            train_arrays = (dataset.train_x, dataset.train_y)
+        per_dataset[key] = (
+            train_arrays,
+            train_lib.put_split(dataset.val_x, dataset.val_y, eval_batch_size, replicated),
+            train_lib.put_split(dataset.test_x, dataset.test_y, eval_batch_size, replicated))
+    return per_dataset[key]
+
+
 def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
                      mesh: Mesh | None = None, *,
                      step_metrics: train_lib.StepMetrics | None = None,
@@ -153,45 +256,23 @@ def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
         if value % n_dev:
             raise ValueError(f"train.{name}: {value} does not divide over {n_dev} devices; use "
                              f"a multiple of {n_dev}")
-    model = cfg.model
-    task = tasks_lib.make_task(cfg.train.task, cfg.train.label_smoothing)
     steps = steps_per_epoch(cfg, len(dataset.train_y))
     total_steps = steps * cfg.train.num_epochs
-    tx = optim.make_optimizer(cfg.optim, total_steps=total_steps, record_clip=record_clip)
-    schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
-    augment_fn = augment_lib.get(cfg.train.augment)
-    replicated = NamedSharding(mesh, P())
-    eval_bs = cfg.train.eval_batch_size
-    make_epoch = functools.partial(train_lib.make_train_epoch, model, tx, task=task,
-                                   augment_fn=augment_fn, mesh=mesh, step_metrics=step_metrics)
     placement = input_pipeline.resolve_placement(
         cfg.data, dataset.train_x.nbytes + dataset.train_y.nbytes)
-    if placement.placement == "device":
-        # The training set is replicated: each device gathers its batches locally, then the batch
-        # is constrained to be split over "data".
-        train_arrays = (distributed.put_global(dataset.train_x, replicated),
-                        distributed.put_global(dataset.train_y, replicated))
-        build = make_epoch
-    else:
-        # Host-resident: no device_put of the training set (that is the memory saving).
-        train_arrays = (dataset.train_x, dataset.train_y)
-        stream = functools.partial(input_pipeline.make_streamed_epoch, mesh=mesh,
-                                   chunk_steps=placement.chunk_steps)
-        build = lambda **kw: stream(make_epoch(gather=False, **kw))  # noqa: E731
-    if not cfg.train.skip_nonfinite:
-        epoch_fn, epoch_fn_guarded = build(skip_nonfinite=False, donate=True), None
-    elif cfg.train.guard == "inline":
-        epoch_fn, epoch_fn_guarded = build(skip_nonfinite=True, donate=True), None
-    else:  # "replay": unguarded, keeping the start state, replayed guarded if it must
-        epoch_fn = build(skip_nonfinite=False, donate=False)
-        epoch_fn_guarded = build(skip_nonfinite=True)
+    key = program_key(cfg, dataset, mesh, total_steps, placement, step_metrics, record_clip)
+    program = _PROGRAMS.pop(key, None)
+    if program is None:
+        program = _build_program(cfg, mesh, total_steps, placement, step_metrics, record_clip)
+    _PROGRAMS[key] = program  # most recently used last
+    while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
+        _PROGRAMS.popitem(last=False)
+    train_arrays, val_split, test_split = _device_data(dataset, mesh, cfg.train.eval_batch_size,
+                                                       placement.placement)
     return Experiment(
-        cfg=cfg, dataset=dataset, model=model, task=task, tx=tx, schedule=schedule, mesh=mesh,
-        epoch_fn=epoch_fn, epoch_fn_guarded=epoch_fn_guarded,
-        evaluate=train_lib.make_evaluate(model, eval_bs, mesh, task),
-        steps_per_epoch=steps,
-        train_arrays=train_arrays,
-        val_split=train_lib.put_split(dataset.val_x, dataset.val_y, eval_bs, replicated),
-        test_split=train_lib.put_split(dataset.test_x, dataset.test_y, eval_bs, replicated),
-        placement=placement,
+        cfg=cfg, dataset=dataset, model=cfg.model, task=program.task, tx=program.tx,
+        schedule=program.schedule, mesh=mesh, epoch_fn=program.epoch_fn,
+        epoch_fn_guarded=program.epoch_fn_guarded, evaluate=program.evaluate,
+        steps_per_epoch=steps, train_arrays=train_arrays, val_split=val_split,
+        test_split=test_split, placement=placement,
     )

@@ -69,6 +69,8 @@ class EpochEnd:
       step_metrics: per run, the epoch's per-step metrics on the host.
       records: per run, the metrics record (hooks add to it in `metrics`).
       improved: bool per run: this epoch is the run's new best (set before `on_epoch_end`).
+      final: no epoch follows in this loop (every run stopped, the budget is spent, or an
+        interrupt); set before `on_epoch_end`.
     """
 
     epoch: int
@@ -78,6 +80,7 @@ class EpochEnd:
     step_metrics: list[dict[str, np.ndarray] | None]
     records: list[dict[str, Any] | None]
     improved: np.ndarray
+    final: bool = False
 
     @property
     def record(self) -> dict[str, Any]:
@@ -185,15 +188,34 @@ class WriteMetrics(Hook):
 
 
 class Checkpoint(Hook):
-    """Saves the single run's state, early-stopping state and record (`checkpointing`)."""
+    """Saves the single run's state, early-stopping state and record (`checkpointing`).
 
-    def __init__(self, ckpt):
-        self.ckpt = ckpt
+    Every `every` epochs (0: none but the last) and at the loop's last epoch (`EpochEnd.final`).
+    Between saves the newest best state waits on the device (a copy: the next epoch may donate the
+    buffers) and is written as its own step, before the epoch being saved, if it is not on disk
+    yet: a resume and the best-restore at the end always find what they need
+    (`config.CheckpointConfig.every`).
+    """
+
+    def __init__(self, ckpt, every: int = 1):
+        self.ckpt, self.every = ckpt, every
+        self._best = None  # (epoch, state, early-stopping dict, record, consecutive skips)
 
     def on_epoch_end(self, event):
         run = event.runs[0]
+        improved = bool(event.improved[0])
+        due = self.every > 0 and event.epoch % self.every == 0
+        if not (due or event.final):
+            if improved:
+                self._best = (event.epoch, jax.tree.map(jnp.copy, event.state), run.es.to_dict(),
+                              dict(event.record), run.consecutive)
+            return
+        if self._best is not None and not improved:
+            epoch, state, es, record, consecutive = self._best
+            self.ckpt.save(epoch, state, es, record, consecutive, improved=True)
+        self._best = None
         self.ckpt.save(event.epoch, event.state, run.es.to_dict(), event.record, run.consecutive,
-                       improved=bool(event.improved[0]))
+                       improved=improved)
 
 
 class KeepBest(Hook):

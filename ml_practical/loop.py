@@ -150,10 +150,12 @@ def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
             if event.improved[i]:
                 run.best_epoch = epoch
             run.history.append(record)
+        # A signal may reach only some processes: all must stop after the same epoch.
+        interrupted = interrupt is not None and not distributed.all_agree(not interrupt.fired)
+        event.final = (interrupted or epoch == num_epochs or all(r.stopped for r in runs))
         for hook in hooks:
             hook.on_epoch_end(event)
-        # A signal may reach only some processes: all must stop after the same epoch.
-        if interrupt is not None and not distributed.all_agree(not interrupt.fired):
+        if interrupted:
             return state, True
     return state, bool(interrupt is not None and interrupt.fired)
 
@@ -240,7 +242,7 @@ def fit(cfg: Config, workdir: str | os.PathLike, *, dataset=None, mesh=None,
     wall_start = time.time() - files.previous_wall_time(start_epoch - 1)
     bar = run_files.Progress(cfg.train.num_epochs, initial=start_epoch - 1,
                              mode=cfg.train.progress if files.primary else "never")
-    all_hooks = [*hooks, WriteMetrics(), Checkpoint(ckpt), ProgressBar(bar)]
+    all_hooks = [*hooks, WriteMetrics(), Checkpoint(ckpt, cfg.checkpoint.every), ProgressBar(bar)]
     for hook in all_hooks:
         hook.on_start(exp, state, [run])
     with InterruptFlag() as interrupt:

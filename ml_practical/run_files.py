@@ -34,8 +34,10 @@ import numpy as np
 
 from ml_practical.config import PROGRESS_MODES, Config, section_dict, to_dict
 
-# Fields that may change between a run and its resumption without changing the run.
-RESUME_NEUTRAL_FIELDS = ("train.restart", "train.progress")
+# Fields that may change between a run and its resumption without changing the run: how it is
+# shown, and when and how its checkpoints are written and kept (never what they hold).
+RESUME_NEUTRAL_FIELDS = ("train.restart", "train.progress", "checkpoint.keep_latest",
+                         "checkpoint.keep_best", "checkpoint.every", "checkpoint.asynchronous")
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:

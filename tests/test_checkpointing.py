@@ -326,6 +326,29 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, kill, resume_
     _assert_same_run(workdir, reference)
 
 
+@pytest.mark.parametrize("kill,overrides,resume_from", [
+    # Sparse saves: killed in epoch 5 after the save of epoch 4, the run resumes from 4.
+    ("epoch:5", ["checkpoint.every=2"], (4,)),
+    # Killed in epoch 5 with saves every 3 epochs: epoch 4 was never saved, resume from 3.
+    ("epoch:5", ["checkpoint.every=3"], (3,)),
+    # Asynchronous saves: killed while a save is written in the background. orbax commits an
+    # asynchronous step when the next save starts, so the newest committed step is 3 or 2.
+    ("save:4", ["checkpoint.asynchronous=True"], (2, 3)),
+    ("epoch:5", ["checkpoint.asynchronous=True", "checkpoint.every=2"], (2, 4)),
+])
+def test_sparse_or_asynchronous_checkpoints_resume_bit_identical(tmp_path, reference, kill,
+                                                                 overrides, resume_from):
+    workdir = tmp_path / "run"
+    killed = _helper("train", workdir, *overrides, env=_env(FAULT_KILL=kill))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = _helper("train", workdir, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert any(f"Resumed from epoch {e} " in resumed.stderr for e in resume_from), resumed.stderr
+    # The replayed epochs give what the uninterrupted run (every epoch saved, in the foreground)
+    # gave: the same best and last states, metrics and test numbers.
+    _assert_same_run(workdir, reference)
+
+
 def test_kill_9_from_outside_at_a_random_moment(tmp_path, reference):
     seed = int(os.environ.get("KILL_SEED", time.time_ns() % 1_000_000))
     delay = random.Random(seed).uniform(0.0, 0.4)

@@ -1,10 +1,12 @@
-"""build_experiment: data checked against the model and the devices, batch indices, guard modes."""
+"""build_experiment: data checked against the model and the devices, batch indices, guard modes,
+programs and device data shared by the runs of a study."""
 
+import jax
 import numpy as np
 import pytest
 
 from ml_practical import config, experiment, train
-from tests.conftest import tiny, tiny_config
+from tests.conftest import make_tiny_dataset, tiny, tiny_config
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -77,7 +79,39 @@ def test_guard_modes_build_the_epochs_they_say(tiny_dataset):
             state, m = train.replay_if_nonfinite(exp.epoch_fn, exp.epoch_fn_guarded,
                                                  exp.init_state(), bad_x, exp.train_arrays[1],
                                                  exp.batch_indices(1))
-        ok = all(np.all(np.isfinite(np.asarray(x))) for x in
-                 __import__("jax").tree.leaves(state.params))
+        ok = all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
         assert ok == finite
         assert float(np.sum(m["skipped"])) == (len(m["skipped"]) if finite else 0)
+
+
+def test_runs_of_one_program_share_the_compiled_functions_and_the_device_data(tiny_dataset):
+    experiment.clear_caches()
+    a = experiment.build_experiment(tiny(), dataset=tiny_dataset)
+    b = experiment.build_experiment(config.override(tiny(), {"seed": 7}), dataset=tiny_dataset)
+    other = experiment.build_experiment(tiny(**{"optim.l2": 1e-3}), dataset=tiny_dataset)
+    # Another seed is the same program; another optimizer is not.
+    assert b.epoch_fn is a.epoch_fn and b.evaluate is a.evaluate and b.tx is a.tx
+    assert other.epoch_fn is not a.epoch_fn
+    # One device copy of the dataset for all of them.
+    assert all(x is y for x, y in zip(a.train_arrays, other.train_arrays))
+    assert all(x is y for x, y in zip(a.val_split, b.val_split))
+    # Seed 7 runs through a's compiled epoch: one compilation for both seeds.
+    state_a, _ = a.run_epoch(a.init_state(), 1)
+    state_b, _ = b.run_epoch(b.init_state(), 1)
+    assert a.epoch_fn._cache_size() == 1
+    # Sharing is memoization only: a fresh build (nothing cached) gives the same bits.
+    experiment.clear_caches()
+    fresh = experiment.build_experiment(config.override(tiny(), {"seed": 7}), dataset=tiny_dataset)
+    assert fresh.epoch_fn is not a.epoch_fn
+    state_f, _ = fresh.run_epoch(fresh.init_state(), 1)
+    for x, y in zip(jax.tree.leaves(state_b), jax.tree.leaves(state_f)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_program_cache_is_bounded():
+    experiment.clear_caches()
+    dataset = make_tiny_dataset()
+    for i in range(experiment.PROGRAM_CACHE_SIZE + 3):
+        experiment.build_experiment(tiny(**{"optim.learning_rate": 1e-3 * (i + 1)}),
+                                    dataset=dataset)
+    assert len(experiment._PROGRAMS) == experiment.PROGRAM_CACHE_SIZE

@@ -179,3 +179,28 @@ class _SeedsRecorder(loop.Hook):
         assert len(event.records) == 2
         with pytest.raises(ValueError, match="records"):
             event.record
+
+
+@pytest.mark.parametrize("every,asynchronous", [(3, False), (1, True), (4, True)])
+def test_sparse_and_asynchronous_checkpoints_change_nothing_but_the_saved_steps(
+        tmp_path, tiny_dataset, every, asynchronous):
+    base = tiny(**{"train.num_epochs": 7, "optim.learning_rate": 3e-2})
+    ref = loop.fit(base, tmp_path / "ref", dataset=tiny_dataset)
+    cfg = config.override(base, {"checkpoint.every": every, "checkpoint.asynchronous": asynchronous})
+    got = loop.fit(cfg, tmp_path / "got", dataset=tiny_dataset)
+    assert _leaves_equal(got.state.params, ref.state.params)
+    assert _leaves_equal(got.state.opt_state, ref.state.opt_state)
+    strip = lambda h: [{k: v for k, v in r.items() if "time" not in k} for r in h]  # noqa: E731
+    assert strip(got.history) == strip(ref.history)
+    for key in ("test/loss", "test/accuracy", "best_epoch", "stop_reason", "epochs_run"):
+        assert got.summary[key] == ref.summary[key], key
+    from ml_practical import checkpointing
+    ckpt = checkpointing.RunCheckpointer(tmp_path / "got" / "checkpoints", cfg)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    best = ref.summary["best_epoch"]
+    # The last epoch and the best are on disk; with every > 1 nothing else is saved but the
+    # multiples of `every` (of which the latest `keep_latest` are kept).
+    assert 7 in steps and best in steps
+    if every > 1:
+        assert set(steps) <= {e for e in range(1, 8) if e % every == 0} | {7, best}
