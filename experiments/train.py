@@ -48,7 +48,7 @@ def _from_env(value, name, kind=str):
 
 
 def main(argv):
-    run = cli.start(argv, "experiments.train")
+    run = cli.start(argv, "experiments.train", lock=False)  # loop.fit locks it (process 0)
     # Before anything touches a device: the device list is fixed when the backend starts.
     distributed.initialize(
         _from_env(_COORDINATOR.value, "JAX_COORDINATOR_ADDRESS"),

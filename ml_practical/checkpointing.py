@@ -40,14 +40,16 @@ same step; process 0 alone moves it aside while the others wait.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import importlib.metadata
+import json
 import os
 import pathlib
 import shutil
 import time
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -58,6 +60,8 @@ from ml_practical import run_files
 from ml_practical.config import Config
 
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml_practical")
+# Room a step needs beyond its arrays' bytes: orbax's metadata, the OCDBT manifest, our meta.
+SPACE_MARGIN_BYTES = 1 << 20
 
 
 class CheckpointDamageWarning(UserWarning):
@@ -151,7 +155,8 @@ class RunCheckpointer:
     # Saving ---------------------------------------------------------------------------------------
     def save(self, epoch: int, state: Any, early_stopping: Mapping[str, Any],
              record: Mapping[str, Any], consecutive_skips: int = 0, *,
-             improved: bool | None = None) -> None:
+             improved: bool | None = None,
+             history: Sequence[Mapping[str, Any]] = ()) -> None:
         """Saves epoch `epoch` (atomic: orbax writes a temporary dir, then renames it).
 
         Blocking unless `checkpoint.asynchronous`; then the write finishes in the background
@@ -159,6 +164,9 @@ class RunCheckpointer:
 
         `improved`: whether this epoch is the run's new best (default: early stopping's
         `best_epoch == epoch`; the loop passes True for every epoch when early stopping is off).
+        `history`: the run's earlier metrics records; those of epochs before `epoch` are stored
+        with the step (a few hundred bytes an epoch), so a lost or damaged metrics.jsonl is
+        rebuilt whole from the newest step (`stored_records`).
         """
         if improved is None:
             improved = early_stopping.get("best_epoch") == epoch
@@ -169,6 +177,9 @@ class RunCheckpointer:
             "consecutive_skips": int(consecutive_skips),
             "monitor": self.monitor,
             "monitor_value": run_files.to_jsonable(record.get(self.monitor)),
+            "record": run_files.to_jsonable(dict(record)),
+            "history": [run_files.to_jsonable(dict(r)) for r in history
+                        if isinstance(r.get("epoch"), int) and r["epoch"] < epoch],
             "config": self.cfg_json,
             "seed": self.cfg_json.get("seed"),
             "versions": library_versions(),
@@ -176,10 +187,31 @@ class RunCheckpointer:
             "saved_at": time.time(),
         }
         metrics = {"es_rank": float(epoch if improved else -1)}
+        self._check_space(state)
         self._manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
         if not self.asynchronous:
             self._manager.wait_until_finished()
+
+    def _check_space(self, state: Any) -> None:
+        """Refuses a save the disk cannot hold, before orbax starts writing it.
+
+        A write that runs out of space half way fails in orbax's background threads, which log
+        the error once per array; checked here, a full disk is one `OSError(ENOSPC)` naming the
+        directory and the free space, and no partial step is left behind. (Free space is
+        measured when the save starts; another process filling the disk meanwhile still gets
+        orbax's error.) Every process checks, and all refuse if one must.
+        """
+        need = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state)
+                   if hasattr(x, "dtype")) + SPACE_MARGIN_BYTES
+        free = shutil.disk_usage(self.directory if self.directory.exists()
+                                 else self.directory.parent).free
+        if not distributed.all_agree(free >= need):
+            state_mib = (need - SPACE_MARGIN_BYTES) / 2**20
+            raise OSError(errno.ENOSPC, f"{self.directory}: a checkpoint needs about "
+                          f"{max(state_mib, 0.1):.1f} MiB (and a {SPACE_MARGIN_BYTES >> 20} MiB "
+                          f"margin) and the disk has {_human_bytes(free)} free",
+                          str(self.directory))
 
     def wait(self) -> None:
         """Returns when every save is on disk (at once for synchronous saves)."""
@@ -190,11 +222,32 @@ class RunCheckpointer:
         return sorted(self._manager.all_steps())
 
     def restore(self, epoch: int, like: Any) -> Restored:
-        """Restores and verifies one step onto the shardings of `like`; raises on damage."""
+        """Restores and verifies one step onto the shardings of `like`.
+
+        Before any array is read, the step's stored metadata must name this epoch and this
+        config (`run_files.RESTORE_NEUTRAL_FIELDS` aside: how it is shown, checkpointed and placed
+        on devices): a step of another run is refused with the list of differences
+        (`run_files.ConfigMismatchError`), never taken for damage, and never restored.
+
+        Raises:
+          run_files.ConfigMismatchError: the step was written by another config.
+          _Damage: the step is damaged (missing or unreadable files, a checksum mismatch, a
+            metadata epoch that is not the step's).
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         step_dir = self.directory / str(epoch)
-        if not (step_dir / "meta").exists():
-            raise _Damage("metadata missing")
+        meta = read_meta(step_dir)
+        if meta is None:
+            raise _Damage("metadata missing or unreadable")
+        if meta.get("epoch") != epoch:
+            raise _Damage(f"its metadata says epoch {meta.get('epoch')!r}")
+        diff = run_files.config_diff(meta.get("config", {}), self.cfg_json,
+                                     ignore=run_files.RESTORE_NEUTRAL_FIELDS)
+        if diff:
+            raise run_files.ConfigMismatchError(
+                f"checkpoint step {epoch} in {self.directory} was written by a different "
+                "config:\n" + "\n".join(diff) + "\nUse another --workdir, or pass "
+                "--config.train.restart=True to delete that run and start over.")
         try:
             out = self._manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -265,5 +318,61 @@ class RunCheckpointer:
         self._manager.close()
 
 
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 class _Damage(Exception):
     pass
+
+
+def read_meta(step_dir: os.PathLike) -> dict[str, Any] | None:
+    """A step's stored metadata (plain JSON in <step>/meta/metadata), or None if unreadable."""
+    path = pathlib.Path(step_dir) / "meta" / "metadata"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _committed_steps(directory: os.PathLike) -> list[int]:
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def stored_config(directory: os.PathLike) -> dict[str, Any] | None:
+    """The config the newest readable step of a checkpoint directory stored, or None.
+
+    What a run's config is when its config.json is gone (`run_files.check_or_write_config`).
+    """
+    for step in reversed(_committed_steps(directory)):
+        meta = read_meta(pathlib.Path(directory) / str(step))
+        if meta is not None and isinstance(meta.get("config"), dict):
+            return meta["config"]
+    return None
+
+
+def stored_records(directory: os.PathLike) -> dict[int, dict[str, Any]]:
+    """{epoch: metrics record} that the kept steps hold, to rebuild lost metrics.jsonl lines.
+
+    Each step stores its own record and the records of the epochs before it (`save`'s
+    `history`); a newer step's copy wins. A step whose metadata is not its own epoch's is ignored.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for step in _committed_steps(directory):
+        meta = read_meta(pathlib.Path(directory) / str(step))
+        if meta is None or meta.get("epoch") != step:
+            continue
+        for record in meta.get("history") or []:
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                out[record["epoch"]] = record
+        if isinstance(meta.get("record"), dict):
+            out[step] = meta["record"]
+    return out

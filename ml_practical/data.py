@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from ml_practical.config import DataConfig
-from ml_practical.idx import (DATA_DIR_ENV, RawSplits, load_idx_dir, read_idx,  # noqa: F401
-                              resolve_data_dir, write_idx)
+from ml_practical.idx import (DATA_DIR_ENV, DataWarning, RawSplits,  # noqa: F401
+                              first_non_finite, load_idx_dir, read_idx, resolve_data_dir,
+                              write_idx)
 
 # --------------------------------------------------------------------------- the dataset
 
@@ -42,6 +43,17 @@ class Dataset:
     Images are float32 of shape (N, H, W, C), normalized with `norm_stats` = (mean, std) computed
     on the train split only: x = (raw / scale - mean) / std. Labels are int32 in [0, num_classes).
     `load_dataset` marks the arrays read-only: a Dataset is shared by every consumer of a run.
+
+    Built by hand (`loop.fit(..., dataset=...)`), a Dataset is checked on construction:
+
+    * inputs: a floating dtype, at least 2 dimensions (examples first), the same shape per example
+      in all three splits, every value finite;
+    * targets: one per example (shape (N,));
+    * `num_classes` > 0 (classification): labels of an integer dtype in [0, num_classes);
+      `num_classes` == 0 (regression, binary targets): real-valued, finite targets.
+
+    A violation raises ValueError naming the split, the index of the first bad example and the
+    value, so NaN pixels or a label 12 of a 10-class problem never reach training.
     """
 
     train_x: np.ndarray
@@ -56,11 +68,48 @@ class Dataset:
     normalize: str = "none"
 
     def __post_init__(self):
+        who = f"Dataset {self.name!r}"
+        if (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, (int, np.integer))
+                or self.num_classes < 0):
+            raise ValueError(f"{who}: num_classes={self.num_classes!r}; expected an integer >= 0 "
+                             "(0: real-valued targets)")
+        shape = None
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            x_dtype, y_dtype = getattr(x, "dtype", None), getattr(y, "dtype", None)
+            if x_dtype is None or not np.issubdtype(x_dtype, np.floating):
+                raise ValueError(f"{who}: {split}_x has dtype {x_dtype}; expected floating point "
+                                 "(scale integer pixels first, as `load_dataset` does)")
+            if x.ndim < 2:
+                raise ValueError(f"{who}: {split}_x has shape {x.shape}; expected (N, ...) with at "
+                                 "least one axis per example")
+            if shape is not None and x.shape[1:] != shape:
+                raise ValueError(f"{who}: {split}_x examples have shape {x.shape[1:]} but train_x "
+                                 f"examples {shape}")
+            shape = x.shape[1:]
+            if y_dtype is None or y.ndim != 1:
+                raise ValueError(f"{who}: {split}_y has shape {getattr(y, 'shape', None)}; "
+                                 "expected (N,)")
             if len(x) != len(y):
-                raise ValueError(f"Dataset {self.name!r}: {split}_x has {len(x)} examples but "
+                raise ValueError(f"{who}: {split}_x has {len(x)} examples but "
                                  f"{split}_y has {len(y)}")
+            for name, array in ((f"{split}_x", x), (f"{split}_y", y)):
+                bad = first_non_finite(array)
+                if bad is not None:
+                    index, position, value = bad
+                    at = f" at position {position}" if position else ""
+                    raise ValueError(f"{who}: {name}[{index}] holds {value}{at}; the data must "
+                                     "be finite")
+            if self.num_classes:
+                if not np.issubdtype(y_dtype, np.integer):
+                    raise ValueError(f"{who}: {split}_y has dtype {y_dtype}; class labels "
+                                     f"(num_classes={self.num_classes}) must be integers (soft "
+                                     "targets: `losses.soft_cross_entropy`)")
+                _check_labels(y, f"{who}: {split}", self.num_classes)
+            elif not (np.issubdtype(y_dtype, np.floating) or np.issubdtype(y_dtype, np.integer)):
+                raise ValueError(f"{who}: {split}_y has dtype {y_dtype}; expected real numbers")
+        if len(self.train_y) == 0:
+            raise ValueError(f"{who}: the train split is empty")
 
     def info(self) -> dict[str, Any]:
         """A JSON-serializable summary for logs and results files."""
@@ -155,15 +204,26 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None,
 
 
 def _check_labels(labels: np.ndarray, split: str, num_classes: int) -> np.ndarray:
+    """Integer class labels in [0, num_classes), as int32; a violation names the first index.
+
+    `split` starts the message ("data: train", "Dataset 'x': val").
+    """
+    labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError(f"data: {split} labels have shape {labels.shape}; expected (N,)")
+        raise ValueError(f"{split} labels have shape {labels.shape}; expected (N,)")
     if not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ValueError(f"data: {split} labels ({labels.dtype}) are not whole numbers")
-    lo, hi = (labels.min(), labels.max()) if labels.size else (0, 0)
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"data: {split} labels have min {lo}, max {hi}; expected all in "
-                         f"[0, {num_classes}) (num_classes={num_classes})")
+        # Float labels (1.0, 2.0) read from a float file are fine; 0.5 is not a class.
+        whole = np.isfinite(labels) & (labels == np.round(labels)) if np.issubdtype(
+            labels.dtype, np.floating) else np.zeros(labels.shape, bool)
+        if not whole.all():
+            index = int(np.argmin(whole))
+            raise ValueError(f"{split} label {index} is {labels[index]!r} ({labels.dtype}); class "
+                             f"labels must be whole numbers in [0, {num_classes})")
+    outside = (labels < 0) | (labels >= num_classes)
+    if outside.any():
+        index = int(np.argmax(outside))
+        raise ValueError(f"{split} label {index} is {labels[index]}, outside [0, {num_classes}) "
+                         f"(num_classes={num_classes}; {int(outside.sum())} labels outside)")
     return labels.astype(np.int32)
 
 
@@ -222,7 +282,7 @@ def _readonly(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def load_dataset(cfg_data: DataConfig) -> Dataset:
+def load_dataset(cfg_data: DataConfig, expected_classes: int | None = None) -> Dataset:
     """Loads the data section's source, carves a seeded validation split, normalizes with train stats.
 
     The fields (`config.DataConfig`): source ("digits" | "idx" | "tfds"), data_dir, tfds_name,
@@ -236,11 +296,22 @@ def load_dataset(cfg_data: DataConfig) -> Dataset:
     `limit_train` keeps a seeded subset of the rest; images are scaled to [0, 1] (raw / scale);
     (mean, std) come from that final train part alone and are applied to all three splits.
 
+    The number of classes is `data.num_classes`, else what the source says, else
+    `expected_classes` (the model's head, `experiment.build_experiment` passes it), else the
+    largest train label + 1. Labels are checked against it by index in the source's order
+    ("train label 4 is 12, outside [0, 10)"), and images must be finite before any statistic is
+    taken of them.
+
     Args:
       cfg_data: the data section.
+      expected_classes: the classes the consumer expects, for sources that do not say.
 
     Returns:
       A Dataset with read-only arrays.
+
+    Raises:
+      ValueError: a bad field value, labels outside the classes, non-finite images, or sizes that
+        disagree; FileNotFoundError / ImportError: the source is not there.
     """
     if not isinstance(cfg_data, DataConfig):
         raise TypeError(f"data: expected an ml_practical.config.DataConfig, got "
@@ -258,13 +329,21 @@ def load_dataset(cfg_data: DataConfig) -> Dataset:
     else:
         raw = load_tfds(f["tfds_name"], data_dir=f["data_dir"], download=bool(f["download"]))
 
-    num_classes = f["num_classes"] or raw.num_classes
+    num_classes = f["num_classes"] or raw.num_classes or expected_classes
     if not num_classes:
         if raw.train_y.size == 0:
             raise ValueError("data: the train split is empty")
         num_classes = int(raw.train_y.max()) + 1
-    train_y = _check_labels(np.asarray(raw.train_y), "train", num_classes)
-    test_y = _check_labels(np.asarray(raw.test_y), "test", num_classes)
+    where = f"data: {raw.name}"
+    train_y = _check_labels(np.asarray(raw.train_y), f"{where} train", num_classes)
+    test_y = _check_labels(np.asarray(raw.test_y), f"{where} test", num_classes)
+    for split, x in (("train", raw.train_x), ("test", raw.test_x)):
+        bad = first_non_finite(x)
+        if bad is not None:
+            index, position, value = bad
+            at = f" at pixel {position}" if position else ""
+            raise ValueError(f"{where} {split} image {index} holds {value}{at}; the data must be "
+                             "finite (fix or drop that example)")
     if len(raw.train_x) != len(train_y) or len(raw.test_x) != len(test_y):
         raise ValueError(f"data: {raw.name} has {len(raw.train_x)}/{len(raw.test_x)} train/test "
                          f"images but {len(train_y)}/{len(test_y)} labels")

@@ -102,16 +102,20 @@ class Experiment:
 
     def summary(self, test: Mapping[str, float], history: list[dict[str, Any]], *,
                 best_epoch: int | None, best_metric: dict[str, Any], stop_reason: str,
-                num_params: int, seed: int) -> dict[str, Any]:
+                num_params: int, seed: int, epochs_run: int,
+                tested_epoch: int | None) -> dict[str, Any]:
         """A run's summary.json (`loop.fit`, and each seed of `loop.fit_seeds`).
 
-        `test` holds the test metrics of the restored state, `history` the run's records.
+        `test` holds the test metrics of the state of epoch `tested_epoch` (the best epoch's,
+        unless its checkpoint was damaged or nothing was ever finite), `history` the run's
+        records, `epochs_run` the last epoch trained (history may have lost lines).
         """
         return {
             **{f"test/{name}": float(value) for name, value in test.items()},
             "best_epoch": best_epoch,
             "best_metric": best_metric,
-            "epochs_run": len(history),
+            "epochs_run": epochs_run,
+            "tested_epoch": tested_epoch,
             "stop_reason": stop_reason,
             "wall_time_s": history[-1]["wall_time_s"] if history else 0.0,
             "num_params": num_params,
@@ -242,8 +246,10 @@ def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
     Raises:
       ValueError: the data disagree with the model (classes) or the batch sizes with the devices.
     """
-    dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
     num_classes = getattr(cfg.model, "num_classes", None)
+    classification = cfg.train.task == "classification"
+    dataset = dataset if dataset is not None else data_lib.load_dataset(
+        cfg.data, expected_classes=num_classes if classification else None)
     if cfg.train.task == "classification" and num_classes != dataset.num_classes:
         raise ValueError(f"model.num_classes: {num_classes} but the dataset {dataset.name!r} "
                          f"has {dataset.num_classes} classes")

@@ -43,6 +43,7 @@ class Run:
       history: its metrics records, oldest first.
       best_epoch: the epoch of the state to restore (early stopping's best; the last epoch when
         early stopping is disabled); None while there is none.
+      last_epoch: the last epoch trained (or restored from a checkpoint); 0 before any.
     """
 
     seed: int
@@ -51,6 +52,7 @@ class Run:
     consecutive: int = 0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_epoch: int | None = None
+    last_epoch: int = 0
 
     @property
     def stopped(self) -> bool:
@@ -98,9 +100,15 @@ class EpochEnd:
 
 
 class Hook:
-    """Extends the loop; override what you need (see the module docstring for when each runs)."""
+    """Extends the loop; override what you need (see the module docstring for when each runs).
+
+    A hook that adds entries to the records declares their names (`metric_names`) or prefixes
+    (`metric_prefixes`), so an early-stopping monitor on them is accepted before the first epoch.
+    """
 
     step_metrics: Callable | None = None  # (old_state, new_state, metrics) -> {name: array}
+    metric_names: tuple[str, ...] = ()
+    metric_prefixes: tuple[str, ...] = ()
 
     def init_state(self, exp: Experiment, state: Any, runs: list[Run]) -> Any:
         return state
@@ -142,6 +150,8 @@ class ActivationStats(Hook):
     Adds `analysis.activations.epoch_stats` entries ("stats/dense_0/act_var", ...) to the record,
     measured on the first training examples (a fixed batch, so epochs are comparable).
     """
+
+    metric_prefixes = ("stats/",)
 
     def __init__(self, every: int):
         self.every = every
@@ -212,10 +222,11 @@ class Checkpoint(Hook):
             return
         if self._best is not None and not improved:
             epoch, state, es, record, consecutive = self._best
-            self.ckpt.save(epoch, state, es, record, consecutive, improved=True)
+            self.ckpt.save(epoch, state, es, record, consecutive, improved=True,
+                           history=run.history)
         self._best = None
         self.ckpt.save(event.epoch, event.state, run.es.to_dict(), event.record, run.consecutive,
-                       improved=improved)
+                       improved=improved, history=run.history)
 
 
 class KeepBest(Hook):
@@ -240,20 +251,42 @@ class ProgressBar(Hook):
         self.bar.update(event.records[first])
 
 
+# The signals that interrupted a run in this process, newest last (`interrupted_by`).
+_INTERRUPTS: list[int] = []
+
+
+def interrupted_by() -> int | None:
+    """The signal number that last interrupted a run of this process (None: none did).
+
+    Signals belong to the process, so this is process-wide: a script exits with 128 + it
+    (`experiments/cli.py`), the shell's convention, so a scheduler tells a pre-empted run from a
+    finished one.
+    """
+    return _INTERRUPTS[-1] if _INTERRUPTS else None
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
 class InterruptFlag:
     """Turns the first Ctrl-C / SIGTERM into a flag checked between epochs (a second one aborts).
 
-    The epoch in flight finishes and is checkpointed, so an interrupt loses nothing.
+    The epoch in flight finishes and is checkpointed, so an interrupt loses nothing; `signum`
+    is the signal that fired.
     """
 
     def __init__(self):
         self.fired = False
+        self.signum: int | None = None
         self._old = {}
 
     def _handler(self, signum, frame):
         if self.fired:
             raise KeyboardInterrupt
         self.fired = True
+        self.signum = signum
+        _INTERRUPTS.append(signum)
         print("\nInterrupt: finishing this epoch, then restoring the best checkpoint "
               "(interrupt again to abort).", file=sys.stderr)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 import zlib
 from typing import NamedTuple
 
@@ -42,6 +43,26 @@ _IDX_STEMS = {
 }
 
 
+
+
+class DataWarning(UserWarning):
+    """A choice about the data was made that a user should hear of (which file was read)."""
+
+
+def first_non_finite(x: np.ndarray) -> tuple[int, tuple[int, ...], float] | None:
+    """(example index, position within the example, value) of the first NaN / inf in `x`
+    (examples along axis 0), or None; integer arrays have none. Scans 4096 examples at a time,
+    so no boolean copy of a whole split is made."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.complexfloating):
+        return None
+    for start in range(0, len(x), 4096):
+        bad = ~np.isfinite(x[start:start + 4096])
+        if bad.any():
+            where = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            return start + int(where[0]), tuple(int(i) for i in where[1:]), float(
+                x[start:start + 4096][where])
+    return None
 
 
 class RawSplits(NamedTuple):
@@ -168,14 +189,28 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
 
 
 def _find_idx_file(data_dir: str, stem: str) -> str:
+    """The file of `stem` in `data_dir`: raw or gzip, LeCun's name or the dotted variant.
+
+    When several exist (a raw file left next to its .gz, say), the newest is read, the .gz on a
+    tie (the form the data is distributed in), and a `DataWarning` names what was chosen and
+    what was passed over: a stale copy never wins silently.
+    """
     dotted = stem.replace("-idx", ".idx")
     candidates = [stem, stem + ".gz", dotted, dotted + ".gz"]
-    for name in candidates:
-        path = os.path.join(data_dir, name)
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f"IDX data directory {data_dir}: none of {candidates} exists "
-                            f"(found: {sorted(os.listdir(data_dir))[:10]})")
+    found = [os.path.join(data_dir, n) for n in candidates
+             if os.path.isfile(os.path.join(data_dir, n))]
+    if not found:
+        raise FileNotFoundError(f"IDX data directory {data_dir}: none of {candidates} exists "
+                                f"(found: {sorted(os.listdir(data_dir))[:10]})")
+    if len(found) == 1:
+        return found[0]
+    chosen = max(found, key=lambda p: (os.stat(p).st_mtime_ns, p.endswith(".gz")))
+    others = [os.path.basename(p) for p in found if p != chosen]
+    warnings.warn(f"IDX data directory {data_dir}: {', '.join(others)} and "
+                  f"{os.path.basename(chosen)} hold the same role; reading "
+                  f"{os.path.basename(chosen)} (the newest; .gz on a tie). Delete the other to "
+                  "silence this", DataWarning, stacklevel=3)
+    return chosen
 
 
 def load_idx_dir(data_dir: str | os.PathLike | None = None) -> RawSplits:
@@ -187,6 +222,10 @@ def load_idx_dir(data_dir: str | os.PathLike | None = None) -> RawSplits:
     Returns:
       RawSplits with images (N, H, W) and labels (N,) as stored (uint8 for MNIST); `scale` is 255
       for uint8 images and 1 otherwise; `num_classes` None (the files do not say).
+
+    Raises:
+      ValueError: a file is malformed, the shapes disagree, or float images or labels hold a
+        NaN or infinity (named with the file and the index of the first).
     """
     data_dir = resolve_data_dir(data_dir)
     paths = {role: _find_idx_file(data_dir, stem) for role, stem in _IDX_STEMS.items()}
@@ -203,6 +242,13 @@ def load_idx_dir(data_dir: str | os.PathLike | None = None) -> RawSplits:
         if len(images) != len(labels):
             raise ValueError(f"IDX {split} split: {ipath} has {len(images)} images but {lpath} "
                              f"has {len(labels)} labels")
+        for path, array, what in ((ipath, images, "image"), (lpath, labels, "label")):
+            bad = first_non_finite(array)
+            if bad is not None:
+                index, position, value = bad
+                at = f" at pixel {position}" if position else ""
+                raise ValueError(f"IDX file {path}: {what} {index} holds {value}{at}; the data "
+                                 "must be finite (fix or drop that example)")
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise ValueError(f"IDX data directory {data_dir}: train images are "
                          f"{arrays['train_images'].shape[1:]} but test images are "

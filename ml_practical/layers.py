@@ -188,8 +188,12 @@ batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 def _check_epsilon(owner: str, epsilon: float) -> None:
-    if not epsilon > 0:
-        raise ValueError(f"{owner}.epsilon: {epsilon!r} is not allowed; expected a number > 0")
+    """epsilon >= 0 and finite. 0 is allowed (the chapter's worked examples, torch and flax allow
+    it): the output is then exact, and a constant feature (variance 0) gives 0/0 = NaN."""
+    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+            and math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"{owner}.epsilon: {epsilon!r} is not allowed; expected a finite "
+                         "number >= 0")
 
 
 def _scale_and_bias(module: nn.Module, features: int) -> tuple[Array | None, Array | None]:
@@ -249,7 +253,8 @@ class BatchNorm(nn.Module):
 
     Attributes:
       momentum: weight on the old running statistics, in [0, 1].
-      epsilon: added to the variance, > 0.
+      epsilon: added to the variance, >= 0. With 0 a feature that is constant over the
+        normalized axes has variance 0 and gives NaN (0/0); keep it > 0 unless you mean it.
       use_scale: learn gamma; else gamma = 1.
       use_bias: learn beta; else beta = 0 (a preceding layer's bias is redundant under BN).
       axis_name: name of a mapped axis (pmap / vmap / shard_map) over which the batch is split;
@@ -406,7 +411,8 @@ class _PerSampleNorm(nn.Module):
     signature and ignored. Subclasses implement `_check_input` and `_apply`.
 
     Attributes:
-      epsilon: added to the variance, > 0.
+      epsilon: added to the variance, >= 0. With 0 a feature that is constant over the
+        normalized axes has variance 0 and gives NaN (0/0); keep it > 0 unless you mean it.
       use_scale, use_bias: learn gamma ("scale") / beta ("bias"), shape (features,).
       scale_init, bias_init: their initializers.
       dtype: output dtype (default: promotion of input and params); param_dtype: params' dtype.

@@ -28,6 +28,7 @@ is the one restored and tested.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -41,12 +42,13 @@ import numpy as np
 
 from ml_practical import distributed, multiseed, run_files
 from ml_practical import train as train_lib
-from ml_practical.config import Config, override
+from ml_practical.config import Config, ConfigError, override, suggest
 from ml_practical.early_stopping import EarlyStopping
 from ml_practical.experiment import Experiment, build_experiment
 from ml_practical.hooks import (ActivationStats, Checkpoint, EpochEnd, Hook,  # noqa: F401
                                 InterruptFlag, KeepBest, ProgressBar, Run, StepLog, WriteMetrics,
-                                combined_step_metrics)
+                                combined_step_metrics, interrupted_by, signal_name)
+from ml_practical.workdir_lock import WorkdirBusyError, WorkdirLock
 
 
 # --------------------------------------------------------------------------- the loop
@@ -149,6 +151,7 @@ def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
                 run.es = rule.stop(run.es, epoch, "non_finite")
             if event.improved[i]:
                 run.best_epoch = epoch
+            run.last_epoch = epoch
             run.history.append(record)
         # A signal may reach only some processes: all must stop after the same epoch.
         interrupted = interrupt is not None and not distributed.all_agree(not interrupt.fired)
@@ -206,22 +209,67 @@ def fit(cfg: Config, workdir: str | os.PathLike, *, dataset=None, mesh=None,
       A `FitResult`.
 
     Raises:
-      run_files.ConfigMismatchError: the workdir holds a run of another config.
+      run_files.ConfigMismatchError: the workdir (config.json, or its checkpoints) holds a run of
+        another config.
+      workdir_lock.WorkdirBusyError: another live process holds the workdir.
+      ConfigError: `early_stopping.monitor` names no metric of this run (before any epoch).
       ValueError: the data disagree with the config.
     """
-    from ml_practical import checkpointing  # orbax import is slow; keep `import loop` light
-
     hooks = list(hooks)
     if cfg.train.stats_every:
         hooks.insert(0, ActivationStats(cfg.train.stats_every))
     exp = build_experiment(cfg, dataset=dataset, mesh=mesh,
                            step_metrics=combined_step_metrics(hooks), record_clip=record_clip)
+    check_monitor(cfg, exp, hooks)
+    # One owner per run directory (process 0 holds the lock for every process of the run).
+    with _locked(workdir):
+        return _fit(cfg, exp, workdir, hooks)
+
+
+def _locked(workdir) -> WorkdirLock:
+    lock = WorkdirLock(workdir, enabled=distributed.is_primary())
+    try:
+        lock.acquire()
+        ok = True
+    except WorkdirBusyError:
+        ok, error = False, sys.exc_info()[1]
+    if not distributed.all_agree(ok):
+        if not ok:
+            raise error
+        lock.release()
+        raise WorkdirBusyError(f"{workdir}: process 0 could not lock the run directory")
+    return lock
+
+
+def check_monitor(cfg: Config, exp: Experiment, hooks: Sequence[Hook]) -> None:
+    """Refuses, before the first epoch, an early-stopping monitor that no record will hold."""
+    rule = cfg.early_stopping
+    if not rule.enabled:
+        return
+    names = {"epoch", "train/skipped_steps", "train/loss", "train/objective", "grad_norm", "lr",
+             "epoch_time_s", "wall_time_s"}
+    names |= {f"train/{m}" for m in exp.task.metric_names} | {f"val/{m}" for m in
+                                                              exp.task.metric_names}
+    prefixes = tuple(p for h in hooks for p in getattr(h, "metric_prefixes", ()))
+    declared = {n for h in hooks for n in getattr(h, "metric_names", ())}
+    if rule.monitor in names | declared or rule.monitor.startswith(prefixes or ("\0",)):
+        return
+    raise ConfigError(f"early_stopping.monitor: {rule.monitor!r} is not a metric of this run; "
+                      f"{suggest(rule.monitor, sorted(names | declared))}expected one of "
+                      f"{sorted(names | declared)}")
+
+
+def _fit(cfg: Config, exp: Experiment, workdir, hooks: list[Hook]) -> FitResult:
+    from ml_practical import checkpointing  # orbax import is slow; keep `import loop` light
+
     # Several processes: process 0 writes the run files, all take part in every checkpoint.
     files = run_files.RunFiles(workdir, primary=distributed.is_primary())
-    files.check_or_write_config(cfg, restart=cfg.train.restart)
+    # The run's config is config.json, or, when that is gone, the newest checkpoint's own.
+    files.check_or_write_config(cfg, restart=cfg.train.restart,
+                                recorded=checkpointing.stored_config(files.checkpoint_dir))
     distributed.sync("fit:run_files_ready")  # a restart's deletions done before orbax looks
-    rule = cfg.early_stopping
     ckpt = checkpointing.RunCheckpointer(files.checkpoint_dir, cfg)
+    rule = cfg.early_stopping
     fresh = exp.init_state()
     restored = ckpt.restore_latest(fresh)
     run = Run(seed=cfg.seed, files=files)
@@ -234,9 +282,11 @@ def fit(cfg: Config, workdir: str | os.PathLike, *, dataset=None, mesh=None,
         state, start_epoch = restored.state, restored.epoch + 1
         run.es = rule.state_from_dict(restored.early_stopping)
         run.consecutive = restored.consecutive_skips
-        files.truncate_metrics(after_epoch=restored.epoch)
+        files.truncate_metrics(after_epoch=restored.epoch,
+                               recovered=checkpointing.stored_records(files.checkpoint_dir))
         run.history = files.read_metrics()
         run.best_epoch = run.es.best_epoch if rule.enabled else restored.epoch
+        run.last_epoch = restored.epoch
         print(f"Resumed from epoch {restored.epoch} of {files.workdir}", file=sys.stderr)
 
     wall_start = time.time() - files.previous_wall_time(start_epoch - 1)
@@ -255,17 +305,32 @@ def fit(cfg: Config, workdir: str | os.PathLike, *, dataset=None, mesh=None,
 
     best = ckpt.restore_best(fresh, run.best_epoch)
     ckpt.close()
-    if best is None:  # Nothing was ever finite: report the last state honestly.
-        best_state, best_epoch = state, None
+    tested_note = None
+    if best is None:
+        # Nothing was ever finite, or the best step and every step before it are damaged:
+        # test the last state and say so.
+        best_state, best_epoch, tested_epoch = state, None, run.last_epoch or None
+        if run.best_epoch is not None:
+            best_epoch = run.best_epoch
+            tested_note = (f"last state (epoch {run.last_epoch}): the checkpoint of the best "
+                           f"epoch {run.best_epoch} and every step before it were damaged")
     else:
-        best_state, best_epoch = best.state, best.epoch
+        best_state, best_epoch, tested_epoch = best.state, run.best_epoch, best.epoch
+        if best.epoch != run.best_epoch:
+            tested_note = (f"epoch {best.epoch}: the checkpoint of the best epoch "
+                           f"{run.best_epoch} was damaged; the newest good step before it")
     test = exp.evaluate(best_state.params, best_state.batch_stats, exp.test_split)
     history = files.read_metrics()
     summary = exp.summary(
         test, history, best_epoch=best_epoch,
         best_metric={rule.monitor: run.es.best_value} if rule.enabled else {},
         stop_reason=_stop_reason(run, interrupted),
-        num_params=int(sum(x.size for x in jax.tree.leaves(best_state.params))), seed=cfg.seed)
+        num_params=int(sum(x.size for x in jax.tree.leaves(best_state.params))), seed=cfg.seed,
+        epochs_run=run.last_epoch, tested_epoch=tested_epoch)
+    if tested_note is not None:
+        summary["tested"] = tested_note
+    if interrupted and interrupt.signum is not None:
+        summary["signal"] = signal_name(interrupt.signum)
     files.write_summary(summary)
     files.close()
     for hook in all_hooks:
@@ -310,6 +375,7 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], workdir: str | os.PathLike | No
     Raises:
       ValueError: bad seeds, `train.stats_every` > 0, a host-resident training set, several
         processes, or a seed directory holding checkpoints.
+      workdir_lock.WorkdirBusyError: another live process holds a seed directory.
     """
     seeds = multiseed.check_seeds(seeds)
     if cfg.train.stats_every:
@@ -318,6 +384,16 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], workdir: str | os.PathLike | No
     hooks = list(hooks)
     group = multiseed.build_seed_group(cfg, seeds, dataset=dataset, mesh=mesh,
                                        step_metrics=combined_step_metrics(hooks))
+    exp = group.exp
+    check_monitor(cfg, exp, hooks)
+    with contextlib.ExitStack() as locks:
+        if workdir is not None:
+            for s in seeds:  # one owner per run directory (`workdir_lock`)
+                locks.enter_context(WorkdirLock(seed_dir(workdir, s)))
+        return _fit_seeds(cfg, group, seeds, workdir, hooks)
+
+
+def _fit_seeds(cfg, group, seeds, workdir, hooks) -> list[FitResult]:
     exp = group.exp
     runs = [Run(seed=s) for s in seeds]
     if workdir is not None:
@@ -363,8 +439,12 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], workdir: str | os.PathLike | No
             {name: values[i] for name, values in test.items()}, run.history,
             best_epoch=run.best_epoch,
             best_metric={rule.monitor: run.es.best_value} if rule.enabled else {},
-            stop_reason=_stop_reason(run, interrupted), num_params=num_params, seed=run.seed)
+            stop_reason=_stop_reason(run, interrupted), num_params=num_params, seed=run.seed,
+            epochs_run=run.last_epoch,
+            tested_epoch=run.last_epoch if run.best_epoch is None else run.best_epoch)
         summary.update(seed_mode="vmap", seeds_together=seeds, group_wall_time_s=group_wall)
+        if interrupted and interrupt.signum is not None:
+            summary["signal"] = signal_name(interrupt.signum)
         if run.files is not None:
             run.files.write_summary(summary)
             run.files.close()

@@ -46,8 +46,18 @@ def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float) -> jax.
         raise ValueError(f"label_smoothing: {smoothing!r} out of range; expected 0 <= label_smoothing <= 1")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes: {num_classes!r}; expected an integer >= 1")
+    _require_integer_labels(labels, "smooth_labels")
     onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     return (1.0 - smoothing) * onehot + smoothing / num_classes
+
+
+def _require_integer_labels(labels: Any, owner: str) -> None:
+    """A dtype check, so it holds under jit too (dtypes are static). one_hot of a float label 0.5
+    is an all-zero row, which makes the cross entropy 0.0: a silent wrong answer."""
+    dtype = jnp.asarray(labels).dtype if not hasattr(labels, "dtype") else labels.dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{owner}: labels have dtype {dtype}; expected integer class indices "
+                        "(for soft or mixed targets use losses.soft_cross_entropy)")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
@@ -65,8 +75,42 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
 
     Returns:
       Scalar float32 mean loss.
+
+    Raises:
+      TypeError: labels of a non-integer dtype (soft targets: `soft_cross_entropy`).
     """
+    _require_integer_labels(labels, "cross_entropy")
     targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean softmax cross entropy against soft targets (a distribution per example).
+
+    L = -mean_n sum_k t[n, k] * log_softmax(logits)[n, k]. For mixup / CutMix targets
+    (lam * onehot(y_a) + (1 - lam) * onehot(y_b)), distillation, or smoothed targets built by
+    `smooth_labels` -- apply label smoothing to the targets once, before this call; this function
+    does not smooth. Rows need not be checked to sum to 1 inside jit; with rows summing to 1 it
+    equals `cross_entropy` on the matching one-hot labels.
+
+    Args:
+      logits: [..., K] unnormalized scores.
+      targets: [..., K] floating non-negative weights, the same shape as logits.
+
+    Returns:
+      Scalar float32 mean loss.
+
+    Raises:
+      TypeError: integer targets (class indices: use `cross_entropy`).
+      ValueError: targets of another shape than logits.
+    """
+    targets = jnp.asarray(targets)
+    if not jnp.issubdtype(targets.dtype, jnp.floating):
+        raise TypeError(f"soft_cross_entropy: targets have dtype {targets.dtype}; expected float "
+                        "distributions (integer class indices: losses.cross_entropy)")
+    if targets.shape != logits.shape:
+        raise ValueError(f"soft_cross_entropy: targets shape {targets.shape} != logits shape "
+                         f"{logits.shape}; expected one weight per class")
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 

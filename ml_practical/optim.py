@@ -24,6 +24,7 @@ values are `ml_practical.config.OptimConfig`'s.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import NamedTuple
@@ -41,6 +42,19 @@ ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 # --------------------------------------------------------------------------- custom transforms
 
 
+def _coefficient(name: str, value, *, positive: bool = False) -> float:
+    """A finite real >= 0 (> 0 when `positive`), else one ValueError naming `name`.
+
+    inf is refused like NaN: an infinite threshold or penalty is never what a user meant, and it
+    turns into NaN weights (0 * inf) rather than a message.
+    """
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise ValueError(f"{name}: {value!r}; expected a finite number {'>' if positive else '>='} 0")
+    return float(value)
+
+
 def clip_transform(kind: str, tau: float) -> optax.GradientTransformation:
     """The clip of the chain for `clip` = kind and `clip_value` = tau (chapter 12.7).
 
@@ -53,12 +67,11 @@ def clip_transform(kind: str, tau: float) -> optax.GradientTransformation:
       An optax.GradientTransformation.
 
     Raises:
-      ValueError: unknown kind or tau <= 0.
+      ValueError: unknown kind, or tau not a finite number > 0.
     """
     if kind not in CLIPS:
         raise ValueError(f"optim.clip: unknown {kind!r}; expected one of {sorted(CLIPS)}")
-    if not tau > 0:
-        raise ValueError(f"optim.clip_value: {tau!r}; expected a number > 0")
+    tau = _coefficient("optim.clip_value", tau, positive=True)
     if kind == "value":
         return optax.clip(tau)
     if kind == "global_norm":
@@ -80,7 +93,11 @@ def add_l1_subgradient(l1: float, mask: Mask | None = None) -> optax.GradientTra
 
     Returns:
       An optax.GradientTransformation; `update` requires `params`.
+
+    Raises:
+      ValueError: l1 not a finite number >= 0.
     """
+    l1 = _coefficient("optim.l1", l1)
 
     def init_fn(params):
         del params
@@ -128,7 +145,11 @@ def proximal_l1(
 
     Returns:
       An optax.GradientTransformation; `update` requires `params`.
+
+    Raises:
+      ValueError: l1 not a finite number >= 0.
     """
+    l1 = _coefficient("optim.l1", l1)
 
     def init_fn(params):
         del params

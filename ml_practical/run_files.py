@@ -27,6 +27,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import warnings
 from typing import Any, Iterable, Mapping
 
 import ml_collections
@@ -38,6 +39,14 @@ from ml_practical.config import PROGRESS_MODES, Config, section_dict, to_dict
 # shown, and when and how its checkpoints are written and kept (never what they hold).
 RESUME_NEUTRAL_FIELDS = ("train.restart", "train.progress", "checkpoint.keep_latest",
                          "checkpoint.keep_best", "checkpoint.every", "checkpoint.asynchronous")
+
+# Fields a checkpoint may be restored across (`checkpointing.RunCheckpointer.restore`): where and
+# in what pieces the run is computed. orbax reshards the arrays onto the new devices; the run's
+# own resume check (config.json) still refuses a change of them, since the sums then run in
+# another order and the resumed run is no longer bit-identical to one never interrupted.
+RESTORE_NEUTRAL_FIELDS = RESUME_NEUTRAL_FIELDS + (
+    "train.num_devices", "train.eval_batch_size", "data.placement", "data.device_budget_mb",
+    "data.chunk_steps")
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
@@ -111,6 +120,26 @@ class ConfigMismatchError(ValueError):
     """The workdir holds a run of another config."""
 
 
+class RunFilesError(ValueError):
+    """A run file cannot be read (named in the message, with the way out)."""
+
+
+class RunFilesWarning(UserWarning):
+    """A run file had to be repaired (a damaged line skipped, records recovered or lost)."""
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
+
+
 class RunFiles:
     """Owns a run directory's files.
 
@@ -136,31 +165,47 @@ class RunFiles:
         self._tb = None
 
     # config.json ---------------------------------------------------------------------------------
-    def check_or_write_config(self, cfg: Config, restart: bool = False) -> None:
-        """Writes config.json; refuses a workdir whose saved config differs (unless `restart`).
+    def check_or_write_config(self, cfg: Config, restart: bool = False,
+                              recorded: Mapping[str, Any] | None = None) -> None:
+        """Writes config.json; refuses a workdir whose run has another config (unless `restart`).
+
+        The run's config is config.json's, or, when config.json is missing, `recorded`: the
+        config the newest checkpoint stored (`checkpointing.stored_config`), so deleting
+        config.json never lets another config continue the old weights. A config.json that is not
+        valid JSON is refused naming the file (delete it to have the checkpoints' config used).
 
         `restart=True` (`--config.train.restart=True`) deletes the old run's checkpoints,
         metrics, summary and events and starts over, but only when the saved config differs from
         this one. The flag stays in the command line that is rerun after a crash, and a rerun must
         resume, not wipe the run it made the first time; so with an unchanged config it resumes
         (and says so). To redo a run of the same config from scratch, use a new workdir or
-        delete the old one.
+        delete the old one. (The caller holds the workdir's lock, so a restart never touches a
+        run that is still alive: `workdir_lock`.)
         """
         new = to_jsonable(cfg)
-        diff = []
+        saved, source = None, "config.json"
         if self.config_path.exists():
-            diff = config_diff(json.loads(self.config_path.read_text()), new)
+            try:
+                saved = json.loads(self.config_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RunFilesError(
+                    f"{self.config_path}: not valid JSON ({e}); the checkpoints keep the run's "
+                    "config: delete this file to resume with theirs, or use another "
+                    "--workdir") from None
+        elif recorded is not None:
+            saved, source = recorded, "the newest checkpoint's stored config"
+        diff = config_diff(saved, new) if saved is not None else []
         if restart and not diff:
             restart = False  # same config: resume (see the docstring)
-            if self.primary and self.config_path.exists():
+            if self.primary and saved is not None:
                 print(f"train.restart=True but {self.workdir} holds a run of this same config: "
                       "resuming it (delete the workdir to start over)", file=sys.stderr)
         # Every process checks (each must refuse), only the primary one deletes and writes.
         if diff and not restart:
             raise ConfigMismatchError(
-                f"{self.workdir} holds a run with a different config:\n" + "\n".join(diff) +
-                "\nUse another --workdir, or pass --config.train.restart=True to delete that "
-                "run and start over.")
+                f"{self.workdir} holds a run with a different config ({source}):\n"
+                + "\n".join(diff) + "\nUse another --workdir, or pass "
+                "--config.train.restart=True to delete that run and start over.")
         if not self.primary:
             return
         if restart:
@@ -172,19 +217,39 @@ class RunFiles:
 
     # metrics.jsonl -------------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The per-epoch records; a torn last line (a crash mid-write) is ignored."""
+        """The per-epoch records, in epoch order.
+
+        A line that is not a JSON record with an integer "epoch" (a torn write, a damaged disk
+        block) is skipped with a warning; the lines after it are kept. Of two records of one
+        epoch the later wins.
+        """
         if not self.metrics_path.exists():
             return []
-        records = []
-        for line in self.metrics_path.read_text().splitlines():
+        by_epoch: dict[int, dict[str, Any]] = {}
+        lines = self.metrics_path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return records
+                record = json.loads(line)
+                epoch = record["epoch"]
+                if isinstance(epoch, bool) or not isinstance(epoch, int):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if number < len(lines) or line.strip():
+                    warnings.warn(f"{self.metrics_path}: line {number} is not a metrics record; "
+                                  "skipped (the other lines are kept)", RunFilesWarning,
+                                  stacklevel=2)
+                continue
+            by_epoch[epoch] = record
+        return [by_epoch[e] for e in sorted(by_epoch)]
 
-    def truncate_metrics(self, after_epoch: int) -> None:
+    def truncate_metrics(self, after_epoch: int,
+                         recovered: Mapping[int, Mapping[str, Any]] | None = None) -> None:
         """Keeps only epochs <= `after_epoch` (those of the checkpoint being resumed).
+
+        Epochs up to `after_epoch` that metrics.jsonl lacks (the file deleted, a line damaged)
+        are taken from `recovered`, the records the checkpoints keep
+        (`checkpointing.stored_records`); those neither has are reported in a warning. The file
+        is rewritten (a damaged line is gone from it).
 
         The kept epochs are also logged to TensorBoard again, in a new event file whose purge step
         hides every older event: tensorboardX writes from a background queue that its `flush`
@@ -196,8 +261,17 @@ class RunFiles:
         for epoch, path in self._step_files().items():
             if epoch > after_epoch:
                 path.unlink()
-        kept = [r for r in self.read_metrics() if r["epoch"] <= after_epoch]
-        text = "".join(json.dumps(r) + "\n" for r in kept)
+        by_epoch = {r["epoch"]: r for r in self.read_metrics() if r["epoch"] <= after_epoch}
+        for epoch, record in (recovered or {}).items():
+            if epoch <= after_epoch and epoch not in by_epoch:
+                by_epoch[epoch] = dict(record)
+        missing = [e for e in range(1, after_epoch + 1) if e not in by_epoch]
+        if missing:
+            warnings.warn(f"{self.metrics_path}: the records of epochs {_ranges(missing)} are "
+                          "lost (neither metrics.jsonl nor a kept checkpoint has them)",
+                          RunFilesWarning, stacklevel=2)
+        kept = [by_epoch[e] for e in sorted(by_epoch)]
+        text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in kept)
         if kept or self.metrics_path.exists():
             atomic_write_text(self.metrics_path, text)
         if kept:

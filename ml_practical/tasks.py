@@ -31,6 +31,7 @@ class Classification:
 
     label_smoothing: float = 0.0
     name = "classification"
+    metric_names = ("loss", "accuracy")
 
     def objective(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         return losses.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
@@ -54,6 +55,7 @@ class Regression:
     """1/2 mean squared error, J = 1/2 mean_i (y_i - z_i)^2 (scikit-learn's Lasso data term)."""
 
     name = "regression"
+    metric_names = ("loss",)
 
     def objective(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
         return 0.5 * jnp.mean(jnp.square(targets - outputs))
@@ -72,6 +74,7 @@ class Binary:
     """Sigmoid cross entropy of one logit per example against 0/1 labels."""
 
     name = "binary"
+    metric_names = ("loss", "accuracy")
 
     def objective(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))

@@ -10,6 +10,10 @@ from ml_practical import config
 from ml_practical import data as data_lib
 from ml_practical import idx
 
+# A finite input value that overflows float32 inside the first layers (its square, BatchNorm's
+# variance, is inf): how the non-finite-step guard is exercised now that a Dataset refuses NaN.
+POISON = np.float32(3e38)
+
 # The fake MNIST directory of `fake_mnist`: train / test rows and image size.
 N_TRAIN, N_TEST, H, W = 200, 50, 28, 28
 

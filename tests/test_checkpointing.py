@@ -31,6 +31,7 @@ import pytest
 from orbax.checkpoint import checkpoint_managers as ocm
 
 import _fault_run
+from conftest import POISON
 from ml_practical import checkpointing, config, experiment, loop, optim, run_files, tasks, train
 from ml_practical import data as data_lib
 from ml_practical.early_stopping import EarlyStopping
@@ -496,7 +497,7 @@ def test_nonfinite_batch_is_skipped_and_leaves_state_unchanged(bad):
 def test_skipped_steps_are_counted_per_epoch(tmp_path, digits):
     bad_rows = np.array([5, 400, 777, 1000])
     train_x = np.array(digits.train_x)
-    train_x[bad_rows] = np.nan
+    train_x[bad_rows] = POISON
     dataset = dataclasses.replace(digits, train_x=train_x)
     cfg = make_config(**{"train.num_epochs": 2})
     summary = loop.fit(cfg, tmp_path, dataset=dataset).summary
@@ -513,7 +514,7 @@ def test_skipped_steps_are_counted_per_epoch(tmp_path, digits):
 def test_persistent_nonfinite_stops_and_restores_best(tmp_path, digits, monkeypatch):
     # 64 NaN rows appended; epochs 1-2 draw only clean rows, epoch 3 onwards only NaN rows.
     n_clean = len(digits.train_y)
-    nan_x = np.full((64, *digits.train_x.shape[1:]), np.nan, np.float32)
+    nan_x = np.full((64, *digits.train_x.shape[1:]), POISON, np.float32)
     dataset = dataclasses.replace(digits, train_x=np.concatenate([digits.train_x, nan_x]),
                                   train_y=np.concatenate([digits.train_y, np.zeros(64, np.int32)]))
     steps = n_clean // 64
@@ -708,7 +709,7 @@ def test_replay_if_nonfinite_replays_only_epochs_with_a_nonfinite_step(tiny_data
     from tests.conftest import tiny
     cfg = tiny()
     train_x = np.array(tiny_dataset.train_x)
-    train_x[7] = np.nan
+    train_x[7] = POISON
     dataset = dataclasses.replace(tiny_dataset, train_x=train_x)
     exp = experiment.build_experiment(cfg, dataset=dataset)
     calls = []

@@ -78,6 +78,28 @@ def test_bad_values_name_the_field_and_what_is_allowed(key, value, needle):
         config.parse(_raw(**{key: value}))
 
 
+@pytest.mark.parametrize("key", ["optim.learning_rate", "optim.l2", "optim.weight_decay",
+                                 "optim.eps", "optim.clip_value", "optim.l1", "model.norm_epsilon"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_numeric_fields_refuse_inf_as_they_refuse_nan(key, value):
+    with pytest.raises(config.ConfigError, match=rf"{key}: {value!r}"):
+        config.parse(_raw(**{key: value}))
+
+
+def test_norm_epsilon_zero_is_allowed():
+    assert config.parse(_raw(**{"model.norm_epsilon": 0.0})).model.norm_epsilon == 0.0
+
+
+def test_library_transforms_refuse_non_finite_coefficients():
+    from ml_practical import optim
+    for make in (lambda v: optim.clip_transform("global_norm", v), optim.add_l1_subgradient,
+                 lambda v: optim.proximal_l1(v, 0.1)):
+        for v in (float("inf"), float("nan"), -1.0):
+            with pytest.raises(ValueError, match="expected a finite number"):
+                make(v)
+    optim.add_l1_subgradient(0.0)  # zero is a valid coefficient (no penalty)
+
+
 def test_missing_required_fields_are_named():
     raw = mnist_mlp.get_config().to_dict()
     del raw["optim"]["learning_rate"]

@@ -134,14 +134,18 @@ def test_labels_out_of_range(fake_mnist):
     bad = fake_mnist.train_y.copy()
     bad[7] = 12
     data.write_idx(fake_mnist.dir / "train-labels-idx1-ubyte.gz", bad)
-    with pytest.raises(ValueError, match=r"train labels.*min 0, max 12.*\[0, 10\)"):
+    # Reported as an out-of-range label, with its index -- not as "the dataset has 13 classes".
+    with pytest.raises(ValueError, match=r"train label 7 is 12, outside \[0, 10\)"):
         data.load_dataset(_cfg(data_dir=str(fake_mnist.dir), num_classes=10))
+    # The model's class count is the expected one when data.num_classes is unset.
+    with pytest.raises(ValueError, match=r"train label 7 is 12, outside \[0, 10\)"):
+        data.load_dataset(_cfg(data_dir=str(fake_mnist.dir)), expected_classes=10)
     # Inferred from train (max + 1 = 13): fine for train.
     assert data.load_dataset(_cfg(data_dir=str(fake_mnist.dir))).num_classes == 13
     neg = fake_mnist.test_y.astype(np.int32)
     neg[3] = -1
     data.write_idx(fake_mnist.dir / "t10k-labels-idx1-ubyte.gz", neg)
-    with pytest.raises(ValueError, match=r"test labels.*min -1, max 9"):
+    with pytest.raises(ValueError, match=r"test label 3 is -1, outside \[0, 13\)"):
         data.load_dataset(_cfg(data_dir=str(fake_mnist.dir)))
 
 

@@ -154,6 +154,8 @@ def test_only_process_zero_reports(runs):
     assert summary0["epochs_run"] == 2
     assert "test/loss" not in out1 and "Traceback" not in err1
     assert not list(runs["multi"].glob("*.tmp"))
+    # Process 0 held the workdir lock for both (process 1 was not refused) and released it.
+    assert (runs["multi"] / ".lock").read_text() == ""
     # One TensorBoard event file: process 1 opened no writer.
     assert len(list((runs["multi"] / "tb").glob("events.out.tfevents.*"))) == 1
 

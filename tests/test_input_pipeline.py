@@ -14,6 +14,7 @@ from experiments.configs import mnist_mlp
 from ml_practical import config
 from ml_practical import data as data_lib
 from ml_practical import experiment, input_pipeline, loop, tasks, train
+from tests.conftest import POISON
 from tests.conftest import tiny, tiny_config
 
 
@@ -61,7 +62,7 @@ def test_host_fit_is_bit_identical_to_device_fit(tmp_path, tiny_dataset):
 def test_host_epoch_replays_a_nonfinite_epoch_like_device(tiny_dataset):
     """A NaN input row: host mode's guarded replay gives the device mode's state and metrics."""
     train_x = np.array(tiny_dataset.train_x)
-    train_x[7] = np.nan
+    train_x[7] = POISON
     dataset = dataclasses.replace(tiny_dataset, train_x=train_x)
     out = {}
     for placement in ("device", "host"):

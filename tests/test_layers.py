@@ -103,7 +103,7 @@ def test_batchnorm_matches_numpy_reference():
 
 def test_batchnorm_chapter_worked_example():
     # Section 12.4 worked example: z = [2, 4, 6, 8] -> mu 5, var 5 -> z_hat = (z - 5) / sqrt(5).
-    bn = layers.BatchNorm(epsilon=1e-12)
+    bn = layers.BatchNorm(epsilon=0.0)  # the chapter's eps = 0
     z = jnp.array([[2.0], [4.0], [6.0], [8.0]])
     variables = bn.init(jax.random.key(0), z, train=False)
     y, _ = bn_step(bn, variables, z, train=True)
@@ -112,8 +112,8 @@ def test_batchnorm_chapter_worked_example():
 
 
 def test_batchnorm_exercise_b4():
-    # z = [1, 3, 5, 7, 9], gamma 2, beta -1, eps ~ 0: mean 5, var 8, y = 2 (z - 5) / sqrt(8) - 1.
-    bn = layers.BatchNorm(momentum=0.0, epsilon=1e-12)  # momentum 0: running stats = batch stats
+    # z = [1, 3, 5, 7, 9], gamma 2, beta -1, eps = 0: mean 5, var 8, y = 2 (z - 5) / sqrt(8) - 1.
+    bn = layers.BatchNorm(momentum=0.0, epsilon=0.0)  # momentum 0: running stats = batch stats
     z = jnp.array([1.0, 3.0, 5.0, 7.0, 9.0])[:, None]
     variables = bn.init(jax.random.key(0), z, train=False)
     variables = {**variables, "params": {"scale": jnp.array([2.0]), "bias": jnp.array([-1.0])}}
@@ -242,10 +242,52 @@ def test_batchnorm_rejects_bad_momentum(momentum):
 
 @pytest.mark.parametrize("cls", [layers.BatchNorm, layers.LayerNorm, layers.GroupNorm,
                                  layers.InstanceNorm])
-@pytest.mark.parametrize("epsilon", [0.0, -1e-5])
-def test_norms_reject_non_positive_epsilon(cls, epsilon):
-    with pytest.raises(ValueError, match="epsilon"):
+@pytest.mark.parametrize("epsilon", [-1e-5, float("inf"), float("nan")])
+def test_norms_reject_negative_or_non_finite_epsilon(cls, epsilon):
+    with pytest.raises(ValueError, match="epsilon.*finite number >= 0"):
         cls(epsilon=epsilon)
+
+
+def test_batchnorm_epsilon_zero_is_the_worked_example_exactly():
+    """Section 12.4's worked example uses eps = 0: z = [2, 4, 6, 8] -> (z - 5) / sqrt(5), and
+    flax.linen.BatchNorm(epsilon=0) agrees; a constant feature then gives NaN (documented)."""
+    z = jnp.array([2.0, 4.0, 6.0, 8.0])[:, None]
+    bn = layers.BatchNorm(epsilon=0.0)
+    y, _ = bn.apply(bn.init(jax.random.key(0), z, train=False), z, train=True,
+                    mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y[:, 0]), (np.array([2, 4, 6, 8]) - 5) / np.sqrt(5),
+                               rtol=1e-6)
+    ref = fnn.BatchNorm(use_running_average=False, epsilon=0.0)
+    y_ref, _ = ref.apply(ref.init(jax.random.key(0), z), z, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-6)
+    const = jnp.ones((4, 1))
+    y_const, _ = bn.apply(bn.init(jax.random.key(0), const, train=False), const, train=True,
+                          mutable=["batch_stats"])
+    assert np.isnan(np.asarray(y_const)).all()
+
+
+@pytest.mark.parametrize("cls", [layers.LayerNorm, layers.GroupNorm, layers.InstanceNorm])
+def test_per_sample_norms_with_epsilon_zero(cls):
+    """eps = 0: unit variance over the normalized axes exactly (numpy), NaN on a constant input."""
+    x = jax.random.normal(jax.random.key(1), (2, 3, 3, 4))
+    kwargs = ({"num_groups": 2} if cls is layers.GroupNorm else
+              {"axes": "all"} if cls is layers.LayerNorm else {})
+    m = cls(epsilon=0.0, **kwargs)
+    y = np.asarray(m.apply(m.init(jax.random.key(0), x, train=False), x, train=False), np.float64)
+    xs = np.asarray(x, np.float64)
+    if cls is layers.LayerNorm:
+        axes = tuple(range(1, xs.ndim))
+        ref = (xs - xs.mean(axes, keepdims=True)) / xs.std(axes, keepdims=True)
+    elif cls is layers.InstanceNorm:
+        ref = (xs - xs.mean((1, 2), keepdims=True)) / xs.std((1, 2), keepdims=True)
+    else:
+        g = xs.reshape(2, 3, 3, 2, 2)
+        ref = ((g - g.mean((1, 2, 4), keepdims=True)) / g.std((1, 2, 4), keepdims=True)
+               ).reshape(xs.shape)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    const = jnp.ones_like(x)
+    assert np.isnan(np.asarray(m.apply(m.init(jax.random.key(0), const, train=False), const,
+                                       train=False))).all()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,6 +101,50 @@ def test_smoothing_increases_loss_of_confident_correct_prediction():
     np.testing.assert_allclose(soft, _numpy_cross_entropy(logits, np.asarray(labels), 0.1), rtol=1e-5)
 
 
+def test_cross_entropy_refuses_float_labels_also_under_jit():
+    """one_hot(0.5) is an all-zero row, so fractional labels would give loss 0.0 silently."""
+    logits = jnp.zeros((2, 3))
+    for fn in (losses.cross_entropy, jax.jit(losses.cross_entropy)):
+        with pytest.raises(TypeError, match="float32; expected integer class indices.*"
+                                            "soft_cross_entropy"):
+            fn(logits, jnp.array([0.5, 1.0]))
+    with pytest.raises(TypeError, match="smooth_labels"):
+        losses.smooth_labels(jnp.array([0.5]), 3, 0.1)
+
+
+def test_soft_cross_entropy_matches_optax_and_the_hard_case():
+    logits = 4.0 * jax.random.normal(jax.random.key(5), (8, 6))
+    raw = jax.random.uniform(jax.random.key(6), (8, 6))
+    targets = raw / raw.sum(-1, keepdims=True)
+    np.testing.assert_allclose(losses.soft_cross_entropy(logits, targets),
+                               optax.softmax_cross_entropy(logits, targets).mean(), rtol=1e-6)
+    # numpy: -sum t log softmax
+    z = np.asarray(logits, np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    want = -(np.asarray(targets, np.float64) * logp).sum(-1).mean()
+    np.testing.assert_allclose(losses.soft_cross_entropy(logits, targets), want, rtol=1e-5)
+    labels = jnp.array([0, 5, 2, 2, 1, 3, 4, 0])
+    np.testing.assert_allclose(
+        losses.soft_cross_entropy(logits, losses.smooth_labels(labels, 6, 0.1)),
+        losses.cross_entropy(logits, labels, label_smoothing=0.1), rtol=1e-6)
+    # mixup of two label sets: lam * CE(y_a) + (1 - lam) * CE(y_b), by linearity in the targets.
+    other = labels[::-1]
+    lam = 0.3
+    mixed = lam * jax.nn.one_hot(labels, 6) + (1 - lam) * jax.nn.one_hot(other, 6)
+    np.testing.assert_allclose(
+        losses.soft_cross_entropy(logits, mixed),
+        lam * losses.cross_entropy(logits, labels) + (1 - lam) * losses.cross_entropy(logits, other),
+        rtol=1e-5)
+
+
+def test_soft_cross_entropy_refuses_class_indices_and_wrong_shapes():
+    with pytest.raises(TypeError, match="int32.*losses.cross_entropy"):
+        losses.soft_cross_entropy(jnp.zeros((2, 3)), jnp.array([[0, 1, 0], [1, 0, 0]]))
+    with pytest.raises(ValueError, match=r"targets shape \(2,\) != logits shape \(2, 3\)"):
+        losses.soft_cross_entropy(jnp.zeros((2, 3)), jnp.array([0.0, 1.0]))
+
+
 def test_smoothing_out_of_range_raises():
     with pytest.raises(ValueError, match="label_smoothing"):
         losses.smooth_labels(jnp.array([0]), 3, 1.5)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_tiny_dataset, tiny
+from conftest import POISON, make_tiny_dataset, tiny
 from ml_practical import data as data_lib
 from ml_practical import loop, multiseed
 
@@ -107,7 +107,7 @@ def test_nonfinite_step_is_replayed_guarded_for_its_seed_only():
     dataset = make_tiny_dataset(n_train=250)
     bad = 7
     x = dataset.train_x.copy()
-    x[bad] = np.nan
+    x[bad] = POISON
     dataset = dataclasses.replace(dataset, train_x=x)
     seen = {s: bad in data_lib.batch_indices(s, 1, 250, 32) for s in range(40)}
     a = next(s for s, v in seen.items() if v)

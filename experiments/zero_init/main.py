@@ -59,6 +59,8 @@ class Symmetry(loop.Hook):
     """`unit_symmetry` of every layer: at init (<run>/symmetry_init.json) and after each epoch
     (in the metrics record, as "symmetry/<layer>/<statistic>")."""
 
+    metric_prefixes = ("symmetry/",)  # so early_stopping.monitor may watch them
+
     def init_state(self, exp, state, runs):
         runs[0].files.write_json(INIT_FILE, unit_symmetry(jax.device_get(state.params)))
         return state

@@ -79,7 +79,7 @@ class MLP(nn.Module):
     num_groups: int = field(8, ge=1)
     layer_norm_axes: str = field("features", choices=LAYER_NORM_AXES)
     bn_momentum: float = field(0.9, ge=0, le=1)
-    norm_epsilon: float = field(1e-5, gt=0)
+    norm_epsilon: float = field(1e-5, ge=0)
     bn_backward: str = field("autodiff", choices=layers.BN_BACKWARDS)
 
     def __post_init__(self):
