@@ -21,7 +21,9 @@ Config names (`cfg.train.augment`) resolve through `get(name)`:
   "none"          no augmentation (None)
   "shift"         random_shift, max_shift=2
   "shift_rotate"  random_rotation up to 10 degrees, then random_shift 2 px
-  "flip_crop"     random_flip, then random_shift 4 px (torchvision's RandomCrop(padding=4))
+  "flip_crop"     random_flip, then random_shift 4 px filled with the raw zero: torchvision's
+                  RandomHorizontalFlip + RandomCrop(32, padding=4), whose zero padding comes
+                  before Normalize, i.e. -mean/std after it (`raw_zero`)
   "erasing"       random_erasing with its defaults
   "color_jitter"  color_jitter with its defaults (brightness 0.2, contrast 0.2)
 """
@@ -31,15 +33,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy import ndimage
 
 Array = jax.Array
 Augment = Callable[[Array, Array], Array]  # (key, images) -> images
 
-FILLS = ("edge", "min")
+FILLS = ("edge", "min", "value")
 # torchvision's RandomErasing draws up to 10 boxes and keeps the first that fits; so do we,
 # all 10 at once so the shape is static.
 ERASING_ATTEMPTS = 10
@@ -127,7 +131,8 @@ def random_flip(key: Array, images: Array, p: float = 0.5) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("fill",))
-def shift_images(images: Array, shifts: Array, fill: str = "min") -> Array:
+def shift_images(images: Array, shifts: Array, fill: str = "min",
+                 fill_value: Array | float = 0.0) -> Array:
     """Translate each image by an integer number of pixels: the deterministic core of random_shift.
 
     out[i, y, x] = images[i, y - dy_i, x - dx_i] where that pixel exists, and the fill otherwise:
@@ -137,7 +142,9 @@ def shift_images(images: Array, shifts: Array, fill: str = "min") -> Array:
       images: (N, H, W, C) batch.
       shifts: (N, 2) integers (dy, dx); positive dy moves content down, positive dx right.
       fill: "min" fills uncovered pixels with the per-image, per-channel minimum (the background
-        of normalized MNIST); "edge" replicates the border pixel.
+        of normalized MNIST); "edge" replicates the border pixel; "value" uses `fill_value`.
+      fill_value: for fill "value": a scalar, or an array broadcastable to (H, W, C) (a
+        per-channel (C,) value, or per pixel), e.g. `raw_zero(norm_stats)`.
 
     Returns:
       The shifted batch, same shape and dtype.
@@ -156,6 +163,8 @@ def shift_images(images: Array, shifts: Array, fill: str = "min") -> Array:
         return out
     inside = (((rows >= 0) & (rows < h))[:, :, None, None]
               & ((cols >= 0) & (cols < w))[:, None, :, None])
+    if fill == "value":
+        return jnp.where(inside, out, jnp.asarray(fill_value, images.dtype))
     return jnp.where(inside, out, _background(images))
 
 
@@ -166,7 +175,8 @@ def sample_shifts(key: Array, num_images: int, max_shift: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("max_shift", "fill"))
-def random_shift(key: Array, images: Array, max_shift: int = 2, fill: str = "min") -> Array:
+def random_shift(key: Array, images: Array, max_shift: int = 2, fill: str = "min",
+                 fill_value: Array | float = 0.0) -> Array:
     """Random translation of each image by up to max_shift pixels on each axis.
 
     The "random crop with padding" of the chapter (torchvision's `RandomCrop(size,
@@ -178,7 +188,9 @@ def random_shift(key: Array, images: Array, max_shift: int = 2, fill: str = "min
       key: PRNG key.
       images: (N, H, W, C) batch.
       max_shift: the largest shift in pixels, >= 0.
-      fill: "min" (per-image, per-channel minimum) or "edge" (replicate the border).
+      fill: "min" (per-image, per-channel minimum), "edge" (replicate the border) or "value"
+        (`fill_value`; torchvision's zero padding of raw images is `raw_zero(norm_stats)`).
+      fill_value: see `shift_images`.
 
     Returns:
       The shifted batch, same shape and dtype.
@@ -186,7 +198,18 @@ def random_shift(key: Array, images: Array, max_shift: int = 2, fill: str = "min
     n, _, _, _ = _check_images(images)
     if int(max_shift) != max_shift or max_shift < 0:
         raise ValueError(f"random_shift.max_shift: {max_shift!r}; expected an integer >= 0")
-    return shift_images(images, sample_shifts(key, n, int(max_shift)), fill=fill)
+    return shift_images(images, sample_shifts(key, n, int(max_shift)), fill=fill,
+                        fill_value=fill_value)
+
+
+def raw_zero(norm_stats: tuple[Any, Any] | None) -> np.ndarray:
+    """Where a raw 0 lands after normalization, (0 - mean) / std, as float32 (scalar, (C,) or
+    (H, W, C), the shape of the statistics): the fill of torchvision's zero padding
+    (`RandomCrop(padding=...)` runs before `Normalize`). None (unnormalized data): 0."""
+    if norm_stats is None:
+        return np.zeros((), np.float32)
+    mean, std = (np.asarray(v, np.float64) for v in norm_stats)
+    return ((0.0 - mean) / std).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("fill",))
@@ -475,25 +498,35 @@ def _shift(max_shift: int) -> Augment:
     return lambda key, images: random_shift(key, images, max_shift=max_shift)
 
 
-_NAMED: dict[str, Callable[[], Augment | None]] = {
-    "none": lambda: None,
-    "shift": lambda: _shift(2),
+def _flip_crop(norm_stats) -> Augment:
+    zero = jnp.asarray(raw_zero(norm_stats))
+    return compose(random_flip, lambda key, images: random_shift(
+        key, images, max_shift=4, fill="value", fill_value=zero))
+
+
+_NAMED: dict[str, Callable[[Any], Augment | None]] = {
+    "none": lambda stats: None,
+    "shift": lambda stats: _shift(2),
     # The ablation's "small random shifts/rotations": rotate first, so the integer shift is exact.
-    "shift_rotate": lambda: compose(
+    "shift_rotate": lambda stats: compose(
         lambda key, images: random_rotation(key, images, max_degrees=10.0), _shift(2)),
-    "flip_crop": lambda: compose(random_flip, _shift(4)),
-    "erasing": lambda: random_erasing,
-    "color_jitter": lambda: color_jitter,
+    "flip_crop": _flip_crop,
+    "erasing": lambda stats: random_erasing,
+    "color_jitter": lambda stats: color_jitter,
 }
+# Augmentations whose function depends on the data's normalization statistics.
+USES_NORM_STATS = ("flip_crop",)
 
 NAMES = tuple(sorted(_NAMED))
 
 
-def get(name: str) -> Augment | None:
+def get(name: str, norm_stats: tuple[Any, Any] | None = None) -> Augment | None:
     """The augmentation a config names (`cfg.train.augment`), or None for "none".
 
     Args:
       name: one of NAMES: "color_jitter", "erasing", "flip_crop", "none", "shift", "shift_rotate".
+      norm_stats: the data's (mean, std) (`data.Dataset.norm_stats`), for the names in
+        USES_NORM_STATS: "flip_crop" pads with the raw zero, `raw_zero(norm_stats)`.
 
     Returns:
       A jittable fn(key, images) -> images, or None.
@@ -503,4 +536,4 @@ def get(name: str) -> Augment | None:
     """
     if name not in _NAMED:
         raise ValueError(f"train.augment: unknown {name!r}; expected one of {list(NAMES)}")
-    return _NAMED[name]()
+    return _NAMED[name](norm_stats)

@@ -79,6 +79,10 @@ def clip_report(raw: Any, clipped: Any, kind: str, tau: float) -> dict[str, Any]
     elif kind == "global_norm":
         did_clip = raw_norm > tau
         element_fraction = did_clip.astype(jnp.float32)
+    elif kind == "adaptive":  # per unit: the fraction of entries AGC changed
+        changed = sum(jnp.sum(a != b) for a, b in zip(leaves, jax.tree.leaves(clipped)))
+        element_fraction = changed / sum(x.size for x in leaves)
+        did_clip = changed > 0
     else:
         did_clip = jnp.zeros((), bool)
         element_fraction = jnp.zeros((), jnp.float32)

@@ -36,12 +36,12 @@ from ml_practical.fields import as_mapping, coerce  # noqa: F401
 from ml_practical.fields import hints as fields_hints
 
 # Allowed values, shared with the modules that act on them.
-DATA_SOURCES = ("arrays", "digits", "idx", "tfds")
-NORMALIZATIONS = ("global", "none", "per_pixel")
+DATA_SOURCES = ("arrays", "cifar10", "cifar100", "digits", "idx", "tfds")
+NORMALIZATIONS = ("global", "none", "per_channel", "per_pixel")
 PLACEMENTS = ("auto", "device", "host")
 OPTIMIZERS = ("adam", "adamw", "momentum", "sgd")
 SCHEDULES = ("constant", "warmup_cosine")
-CLIPS = ("global_norm", "none", "value")
+CLIPS = ("adaptive", "global_norm", "none", "value")
 L1_MODES = ("proximal", "subgradient")
 DECAY_MASKS = ("all", "kernels")
 TASKS = ("binary", "classification", "regression")
@@ -60,15 +60,20 @@ class DataConfig(Section):
     """Where the examples come from (`ml_practical.data.load_dataset`) and where they live.
 
     Attributes:
-      source: "idx" (an MNIST-format directory), "digits" (sklearn's bundled 8x8 digits, offline),
+      source: "idx" (an MNIST-format directory), "cifar10" / "cifar100" (the binary version's
+        files in data_dir, `ml_practical.cifar`), "digits" (sklearn's bundled 8x8 digits, offline),
         "tfds" (TensorFlow Datasets, an optional extra) or "arrays" (a `data.Dataset` the caller
         passes to `loop.fit(dataset=...)`; a study's synthetic data).
-      data_dir: idx: the directory (None or "": $ML_PRACTICAL_DATA_DIR); tfds: its data_dir.
+      data_dir: idx / cifar: the directory (cifar: or the official .tar.gz; None or "":
+        $ML_PRACTICAL_DATA_DIR); tfds: its data_dir.
+      cifar_labels: cifar100: "fine" (100 classes) or "coarse" (20 superclasses).
+      cifar_strict: cifar: require the official record counts (False: any whole subset).
       tfds_name: tfds: the dataset name.
       download: tfds: allow download_and_prepare (network); otherwise unprepared data fails fast.
       val_size: validation examples carved from train: a count >= 1 or a fraction in (0, 1).
       split_seed: seed of the train/validation permutation.
-      normalize: "global" (one mean/std), "per_pixel", or "none"; statistics from train only.
+      normalize: "global" (one mean/std), "per_channel" (one per channel, over N, H, W: the
+        usual CIFAR normalization), "per_pixel", or "none"; statistics from train only.
       limit_train: keep a seeded subset of at most this many training examples (0 = all).
       num_classes: 0 = from the source.
       placement: "device" (the training set on every device, one scan per epoch), "host"
@@ -80,6 +85,8 @@ class DataConfig(Section):
     section: ClassVar[str] = "data"
     source: str = field("idx", choices=DATA_SOURCES)
     data_dir: str | None = None
+    cifar_labels: str = field("fine", choices=("coarse", "fine"))
+    cifar_strict: bool = True
     tfds_name: str = "mnist"
     download: bool = False
     val_size: int | float = field(5000, gt=0)
@@ -94,6 +101,9 @@ class DataConfig(Section):
     def check(self):
         if isinstance(self.val_size, float) and not 0.0 < self.val_size < 1.0:
             raise ConfigError(f"data.val_size: {self.val_size} as a fraction must lie in (0, 1)")
+        if self.cifar_labels == "coarse" and self.source != "cifar100":
+            raise ConfigError(f"data.cifar_labels: 'coarse' exists for source 'cifar100' only, "
+                              f"not {self.source!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +119,10 @@ class OptimConfig(Section):
       schedule: "constant" or "warmup_cosine"; both warm up linearly from 0 over warmup_steps.
       warmup_steps: linear warmup length in optimizer steps.
       end_lr_factor: warmup_cosine ends at learning_rate * end_lr_factor.
-      clip: "none", "value" (each entry to [-clip_value, clip_value]) or "global_norm".
-      clip_value: the clipping threshold tau.
+      clip: "none", "value" (each entry to [-clip_value, clip_value]), "global_norm", or
+        "adaptive" (AGC, Brock et al. 2021: each unit's gradient to at most clip_value times its
+        weight norm; clip_value ~ 0.01-0.16).
+      clip_value: the clipping threshold tau (AGC: the ratio lambda).
       l2: coupled L2 coefficient (gradient l2 * w, before the optimizer).
       weight_decay: decoupled decay (step -lr_t * weight_decay * w, after the optimizer).
       l1: L1 coefficient of sum |w|.

@@ -261,9 +261,12 @@ def _norm_stats(train_x: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
         return np.float32(0.0), np.float32(1.0)
     # Two passes with float64 accumulation (a float32 sum over 10^7 pixels loses digits), over
     # chunks of rows so no float64 copy of the whole train split is made.
-    axis = None if mode == "global" else 0
+    # global: one scalar; per_channel: one per channel (over N, H, W: torchvision's Normalize
+    # with the train split's channel means and stds); per_pixel: one per pixel and channel.
+    axis = {"global": None, "per_channel": (0, 1, 2), "per_pixel": 0}[mode]
     chunks = [train_x[i:i + 4096] for i in range(0, len(train_x), 4096)]
-    count = train_x.size if mode == "global" else len(train_x)
+    count = {"global": train_x.size, "per_channel": train_x.size // train_x.shape[-1],
+             "per_pixel": len(train_x)}[mode]
     mean = sum(c.sum(axis=axis, dtype=np.float64) for c in chunks) / count
     var = sum(np.square(c.astype(np.float64) - mean).sum(axis=axis) for c in chunks) / count
     std = np.sqrt(var)
@@ -326,6 +329,10 @@ def load_dataset(cfg_data: DataConfig, expected_classes: int | None = None) -> D
         raw = load_digits()
     elif source == "idx":
         raw = load_idx_dir(f["data_dir"])
+    elif source in ("cifar10", "cifar100"):
+        from ml_practical.cifar import load_cifar
+        raw = load_cifar(source, f["data_dir"], labels=f["cifar_labels"],
+                         strict_counts=f["cifar_strict"])
     else:
         raw = load_tfds(f["tfds_name"], data_dir=f["data_dir"], download=bool(f["download"]))
 

@@ -174,20 +174,24 @@ def program_key(cfg: Config, dataset: data_lib.Dataset, mesh: Mesh, total_steps:
     shapes = tuple((a.shape, str(a.dtype)) for a in (dataset.train_x, dataset.train_y,
                                                       dataset.val_x, dataset.val_y,
                                                       dataset.test_x, dataset.test_y))
-    return (cfg.model, cfg.optim, total_steps, t.task, t.label_smoothing, t.augment,
+    # An augmentation that pads with the raw zero bakes the normalization into the program.
+    fill = (augment_lib.raw_zero(dataset.norm_stats).tobytes()
+            if t.augment in augment_lib.USES_NORM_STATS else None)
+    return (cfg.model, cfg.optim, total_steps, t.task, t.label_smoothing, t.augment, fill,
             t.skip_nonfinite, t.guard, t.eval_batch_size, placement.placement,
             placement.chunk_steps, mesh, step_metrics, record_clip, shapes)
 
 
 def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
                    placement: input_pipeline.InputPlacement, step_metrics,
-                   record_clip: bool) -> _Program:
+                   record_clip: bool, norm_stats=None) -> _Program:
     model = cfg.model
     task = tasks_lib.make_task(cfg.train.task, cfg.train.label_smoothing)
     tx = optim.make_optimizer(cfg.optim, total_steps=total_steps, record_clip=record_clip)
     schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
     make_epoch = functools.partial(train_lib.make_train_epoch, model, tx, task=task,
-                                   augment_fn=augment_lib.get(cfg.train.augment), mesh=mesh,
+                                   augment_fn=augment_lib.get(cfg.train.augment, norm_stats),
+                                   mesh=mesh,
                                    step_metrics=step_metrics)
     if placement.placement == "device":
         build = make_epoch
@@ -269,7 +273,8 @@ def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
     key = program_key(cfg, dataset, mesh, total_steps, placement, step_metrics, record_clip)
     program = _PROGRAMS.pop(key, None)
     if program is None:
-        program = _build_program(cfg, mesh, total_steps, placement, step_metrics, record_clip)
+        program = _build_program(cfg, mesh, total_steps, placement, step_metrics, record_clip,
+                                 norm_stats=dataset.norm_stats)
     _PROGRAMS[key] = program  # most recently used last
     while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
         _PROGRAMS.popitem(last=False)

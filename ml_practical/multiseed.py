@@ -205,7 +205,8 @@ def build_seed_group(cfg: Config, seeds: Sequence[int], *, dataset: data_lib.Dat
                          "the training set on the device, expected 'device' (or seed_mode "
                          "'sequential')")
     make = functools.partial(train_lib.make_train_epoch, exp.model, exp.tx, task=exp.task,
-                             augment_fn=augment_lib.get(cfg.train.augment),
+                             augment_fn=augment_lib.get(cfg.train.augment,
+                                                        exp.dataset.norm_stats),
                              mesh=exp.mesh, donate=False, step_metrics=step_metrics)
 
     def vmapped(skip_nonfinite: bool, donate: bool) -> Callable:

@@ -39,6 +39,9 @@ from ml_practical.losses import Mask, all_mask, default_mask, mask_tree
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
+# AGC's floor on the weight norm (the paper's epsilon), so zero-initialized weights still move.
+AGC_EPS = 1e-3
+
 # --------------------------------------------------------------------------- custom transforms
 
 
@@ -59,7 +62,13 @@ def clip_transform(kind: str, tau: float) -> optax.GradientTransformation:
     """The clip of the chain for `clip` = kind and `clip_value` = tau (chapter 12.7).
 
     Args:
-      kind: "none" (identity), "value" (optax.clip: each entry to [-tau, tau]) or "global_norm"
+      kind: "none" (identity), "value" (optax.clip: each entry to [-tau, tau]), "adaptive"
+        (optax.adaptive_grad_clip, AGC of Brock et al. 2021, "High-Performance Large-Scale Image
+        Recognition Without Normalization", eq. 3: each unit i of a weight W (a row of the output
+        axis: the last axis of a kernel) gets G_i <- lambda * max(||W_i||, eps) / ||G_i|| * G_i
+        when ||G_i|| / max(||W_i||, eps) > lambda, with lambda = tau and eps = AGC_EPS; it
+        needs `params`. Applied to every leaf: the paper leaves the final classifier
+        unclipped, which a mask on the chain would do), or "global_norm"
         (optax.clip_by_global_norm: g * tau / ||g|| when ||g|| > tau, ||g|| over all leaves).
       tau: the threshold, > 0.
 
@@ -76,6 +85,8 @@ def clip_transform(kind: str, tau: float) -> optax.GradientTransformation:
         return optax.clip(tau)
     if kind == "global_norm":
         return optax.clip_by_global_norm(tau)
+    if kind == "adaptive":
+        return optax.adaptive_grad_clip(tau, eps=AGC_EPS)
     return optax.identity()
 
 

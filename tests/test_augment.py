@@ -295,7 +295,8 @@ def test_composed_pipeline_runs_inside_scan_and_matches_loop():
 def test_compose_splits_key_in_order():
     images, key = _images(), jax.random.key(5)
     k1, k2 = jax.random.split(key)
-    expected = augment.random_shift(k2, augment.random_flip(k1, images), max_shift=4)
+    expected = augment.random_shift(k2, augment.random_flip(k1, images), max_shift=4,
+                                    fill="value", fill_value=0.0)
     np.testing.assert_array_equal(augment.get("flip_crop")(key, images), expected)
     np.testing.assert_array_equal(augment.compose()(key, images), images)
 
@@ -329,3 +330,25 @@ def test_bad_arguments_raise_naming_the_field():
         augment.random_flip(key, images[0])
     with pytest.raises(ValueError, match=r"labels_onehot"):
         augment.mixup(key, images, jnp.zeros((3, 10)))
+
+
+def test_flip_crop_pads_with_the_raw_zero_like_torchvision():
+    """torchvision: RandomCrop(8, padding=4) pads raw images with 0, then Normalize. Here the
+    images arrive normalized, so the padding must be (0 - mean) / std per channel."""
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.2, 1.0, size=(16, 8, 8, 3)).astype(np.float32)
+    mean = raw.mean((0, 1, 2))
+    std = raw.std((0, 1, 2))
+    normalized = (raw - mean) / std
+    fn = augment.get("flip_crop", norm_stats=(mean, std))
+    out = np.asarray(fn(jax.random.key(0), jnp.asarray(normalized)))
+    back = out * std + mean  # undo the normalization: padding must be exactly raw 0
+    k_flip, k_shift = jax.random.split(jax.random.key(0))
+    shifts = np.asarray(augment.sample_shifts(k_shift, 16, 4))
+    flipped = np.asarray(augment.random_flip(k_flip, jnp.asarray(raw)))
+    for i, (dy, dx) in enumerate(shifts):
+        padded = np.pad(flipped[i], ((4, 4), (4, 4), (0, 0)))  # torch's zero padding
+        oy, ox = 4 - dy, 4 - dx  # the crop offset that is this shift
+        np.testing.assert_allclose(back[i], padded[oy:oy + 8, ox:ox + 8], atol=1e-5)
+    assert (shifts != 0).any()
+    np.testing.assert_allclose(augment.raw_zero((mean, std)), -mean / std, rtol=1e-6)

@@ -243,7 +243,8 @@ def test_every_experiment_config_parses():
 
     studies = {"ablation": AblationStudy, "ablation_digits": AblationStudy,
                "clipping": ClippingStudy, "lsuv": LSUVStudy, "mc_dropout": MCStudy,
-               "zero_init": ZeroInitStudy, "mnist_mlp": None, "digits_mlp": None}
+               "zero_init": ZeroInitStudy, "mnist_mlp": None, "digits_mlp": None,
+               "mnist_cnn": None, "cifar10_resnet20": None, "cifar10_resnet56": None}
     pure = {"signal_propagation": SignalStudy, "sparsity": SparsityStudy}
     names = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "experiments" / "configs")
                    .glob("*.py") if p.stem != "__init__")

@@ -188,10 +188,10 @@ def test_data_reexports_the_idx_reader():
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"source": "csv"}, r"data.source: unknown 'csv'; expected one of \['arrays', 'digits', 'idx', "
-                        r"'tfds'\]"),
+    ({"source": "csv"}, r"data.source: unknown 'csv'; expected one of \['arrays', 'cifar10', "
+                        r"'cifar100', 'digits', 'idx', 'tfds'\]"),
     ({"normalize": "minmax"}, r"data.normalize: unknown 'minmax'; expected one of \['global', "
-                              r"'none', 'per_pixel'\]"),
+                              r"'none', 'per_channel', 'per_pixel'\]"),
     ({"val_size": 0}, r"data.val_size: 0 out of range; expected a number > 0"),
     ({"val_size": 0.001}, r"data.val_size: 0.001 gives 0 validation examples; expected 1 .. 199"),
     ({"val_size": 200}, r"data.val_size: 200 gives 200"),

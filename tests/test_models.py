@@ -111,7 +111,7 @@ def test_build_model_rejects_unknown_fields_and_families():
     with pytest.raises(ValueError, match="did you mean 'widths'"):
         models.build_model("mlp", {"widht": (4,)})
     with pytest.raises(ValueError, match="model.name"):
-        models.build_model("resnet")
+        models.build_model("transformer")
 
 
 def test_dropout_sampler_reaches_every_dropout_layer():
@@ -163,12 +163,20 @@ def test_register_refuses_a_second_family_under_one_name():
         models.register("mlp", Other)
 
 
-@pytest.mark.parametrize("name,fields", [("mlp", {"widths": (6, 5), "num_classes": 3,
-                                                  "norm": "batch", "drop_rate": 0.1}),
-                                         ("linear", {"num_classes": 3})])
+@pytest.mark.parametrize("name,fields", [
+    ("mlp", {"widths": (6, 5), "num_classes": 3, "norm": "batch", "drop_rate": 0.1}),
+    ("linear", {"num_classes": 3}),
+    ("cnn", {"widths": (4, 8), "convs_per_stage": 2, "num_classes": 3, "norm": "batch",
+             "drop_rate": 0.1}),
+    ("resnet", {"depth": 8, "num_classes": 3, "width_multiplier": 0.5, "drop_rate": 0.1}),
+    ("resnet", {"depth": 8, "num_classes": 3, "variant": "preact", "shortcut": "B",
+                "width_multiplier": 0.5}),
+    ("resnet", {"depth": 8, "num_classes": 3, "residual": "fixup", "norm": "none"}),
+], ids=["mlp", "linear", "cnn", "resnet", "preact_resnet", "fixup_resnet"])
 def test_every_family_follows_the_contract(name, fields):
+    from flax import traverse_util
     model = models.build_model(name, fields)
-    x = jax.random.normal(jax.random.PRNGKey(0), (7, 2, 2, 1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (7, 8, 8, 1))
     v = model.init({"params": jax.random.PRNGKey(1)}, x, train=False)
     out = model.apply(v, x, train=False)
     assert out.shape == (7, 3)                       # logits (N, num_classes)
@@ -178,10 +186,16 @@ def test_every_family_follows_the_contract(name, fields):
     assert call["train"].default is inspect.Parameter.empty   # `train` has no default
     # Statistics are sown in the scope of the layer that computed the pre-activation.
     _, state = model.apply(v, x, train=False, mutable=["intermediates"])
-    sown = state.get("intermediates", {})
+    sown: dict = {}
+    for path in traverse_util.flatten_dict(state.get("intermediates", {})):
+        sown.setdefault(path[:-1], set()).add(path[-1])
+    params = traverse_util.flatten_dict(v["params"])
     for layer, kinds in sown.items():
-        assert set(kinds) == {"preact", "act"}, layer
-        assert layer in v["params"]                  # the sowing module owns parameters
+        assert kinds == {"preact", "act"}, layer
+        # the sowing module owns parameters (nested paths: "stage_0/block_0/conv_1")
+        assert any(p[:len(layer)] == layer for p in params), layer
+    if name != "linear":
+        assert sown  # every hidden layer sows
     assert models.describe(model, x.shape[1:])
 
 

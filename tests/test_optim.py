@@ -314,7 +314,7 @@ def test_warmup_cosine_requires_total_steps():
     [
         ("name", "rmsprop", "['adam', 'adamw', 'momentum', 'sgd']"),
         ("schedule", "linear", "['constant', 'warmup_cosine']"),
-        ("clip", "norm", "['global_norm', 'none', 'value']"),
+        ("clip", "norm", "['adaptive', 'global_norm', 'none', 'value']"),
         ("l1_mode", "lasso", "['proximal', 'subgradient']"),
         ("decay_mask", "biases", "['all', 'kernels']"),
         ("learning_rate", 0.0, "expected a number > 0"),

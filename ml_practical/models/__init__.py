@@ -38,9 +38,11 @@ import jax
 
 from ml_practical.config import build, config_fields
 from ml_practical.models.activations import ACTIVATIONS, get_activation
+from ml_practical.models.cnn import CNN
 from ml_practical.models.linear import Linear
 from ml_practical.models.mlp import MLP
 from ml_practical.models.norms import NORMS, make_norm
+from ml_practical.models.resnet import ResNet
 
 FAMILIES: dict[str, type[nn.Module]] = {}
 
@@ -54,6 +56,8 @@ def register(name: str, family: type[nn.Module]) -> None:
 
 register("mlp", MLP)
 register("linear", Linear)
+register("cnn", CNN)
+register("resnet", ResNet)
 
 
 def build_model(name: str, fields: Mapping[str, Any] | None = None) -> nn.Module:
@@ -134,6 +138,6 @@ def kernel_shapes(model: nn.Module, variables: Any, x: Any) -> list[tuple[int, .
     return out
 
 
-__all__ = ["ACTIVATIONS", "FAMILIES", "Linear", "MLP", "NORMS", "build_model", "describe",
+__all__ = ["ACTIVATIONS", "CNN", "FAMILIES", "Linear", "MLP", "ResNet", "NORMS", "build_model", "describe",
            "family_name", "get_activation", "kernel_layers", "kernel_shapes", "make_norm", "register",
            "supports_mc_dropout"]

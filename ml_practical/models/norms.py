@@ -27,7 +27,8 @@ LAYER_NORM_AXES = layers.LAYER_NORM_AXES
 
 def make_norm(kind: str, *, name: str, momentum: float = 0.9, epsilon: float = 1e-5,
               num_groups: int = 8, layer_norm_axes: str = "features",
-              bn_backward: str = "autodiff", axis_name: str | None = None) -> nn.Module | None:
+              bn_backward: str = "autodiff", axis_name: str | None = None,
+              scale_init=None) -> nn.Module | None:
     """The normalization layer of `kind`, or None for "none".
 
     Args:
@@ -39,6 +40,8 @@ def make_norm(kind: str, *, name: str, momentum: float = 0.9, epsilon: float = 1
       layer_norm_axes: LayerNorm's reduction, "features" or "all".
       bn_backward: BatchNorm's backward pass, "autodiff" or "manual" (the chapter's C1).
       axis_name: BatchNorm's mapped axis for cross-device statistics (None under jit sharding).
+      scale_init: initializer of gamma (default ones); zeros gives a residual block whose branch
+        starts switched off (`models.resnet`'s "zero_gamma").
 
     Returns:
       A linen module called `layer(x, train=...)`, or None.
@@ -48,13 +51,14 @@ def make_norm(kind: str, *, name: str, momentum: float = 0.9, epsilon: float = 1
     """
     if kind == "none":
         return None
+    extra = {} if scale_init is None else {"scale_init": scale_init}
     if kind == "batch":
         return layers.BatchNorm(momentum=momentum, epsilon=epsilon, backward=bn_backward,
-                                axis_name=axis_name, name=name)
+                                axis_name=axis_name, name=name, **extra)
     if kind == "layer":
-        return layers.LayerNorm(epsilon=epsilon, axes=layer_norm_axes, name=name)
+        return layers.LayerNorm(epsilon=epsilon, axes=layer_norm_axes, name=name, **extra)
     if kind == "group":
-        return layers.GroupNorm(num_groups=num_groups, epsilon=epsilon, name=name)
+        return layers.GroupNorm(num_groups=num_groups, epsilon=epsilon, name=name, **extra)
     if kind == "instance":
-        return layers.InstanceNorm(epsilon=epsilon, name=name)
+        return layers.InstanceNorm(epsilon=epsilon, name=name, **extra)
     raise ValueError(f"model.norm: unknown {kind!r}; expected one of {list(NORMS)}")
