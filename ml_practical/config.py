@@ -175,6 +175,13 @@ class TrainConfig(Section):
       stats_every: per-layer activation / gradient statistics every K epochs (0 = off).
       progress: "auto" (a bar when stderr is a terminal), "always" or "never".
       restart: if the workdir holds a run of another config, delete it and start over.
+      unroll: unroll the training and evaluation scans (no while loop in the compiled program).
+        For convolutional models on CPU: XLA:CPU runs a convolution inside a while-loop body
+        about 25x slower than outside one (jax-ml/jax#12868; measured here on a CNN step: 12
+        against 300 images/s). Needs data.placement "host" (each compiled chunk is then
+        data.chunk_steps unrolled steps; keep it small, e.g. 8, or compilation grows) and
+        compiles each evaluation scan unrolled. The same steps; the fusion may differ, so results
+        can differ from the scanned program's in float32 rounding.
     """
 
     section: ClassVar[str] = "train"
@@ -193,6 +200,7 @@ class TrainConfig(Section):
     stats_every: int = field(0, ge=0)
     progress: str = field("auto", choices=PROGRESS_MODES)
     restart: bool = False
+    unroll: bool = False
 
     def check(self):
         from ml_practical import augment  # jax; config stays importable without it until here

@@ -178,7 +178,7 @@ def program_key(cfg: Config, dataset: data_lib.Dataset, mesh: Mesh, total_steps:
     fill = (augment_lib.raw_zero(dataset.norm_stats).tobytes()
             if t.augment in augment_lib.USES_NORM_STATS else None)
     return (cfg.model, cfg.optim, total_steps, t.task, t.label_smoothing, t.augment, fill,
-            t.skip_nonfinite, t.guard, t.eval_batch_size, placement.placement,
+            t.skip_nonfinite, t.guard, t.eval_batch_size, t.unroll, placement.placement,
             placement.chunk_steps, mesh, step_metrics, record_clip, shapes)
 
 
@@ -191,9 +191,13 @@ def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
     schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
     make_epoch = functools.partial(train_lib.make_train_epoch, model, tx, task=task,
                                    augment_fn=augment_lib.get(cfg.train.augment, norm_stats),
-                                   mesh=mesh,
-                                   step_metrics=step_metrics)
+                                   mesh=mesh, step_metrics=step_metrics,
+                                   unroll=cfg.train.unroll)
     if placement.placement == "device":
+        if cfg.train.unroll:
+            raise ValueError("train.unroll: True unrolls each compiled chunk of the host input "
+                             "pipeline; it needs data.placement 'host' (and a small "
+                             "data.chunk_steps, e.g. 8), not an epoch-long device scan")
         build = make_epoch
     else:
         stream = functools.partial(input_pipeline.make_streamed_epoch, mesh=mesh,
@@ -208,7 +212,8 @@ def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
         epoch_fn_guarded = build(skip_nonfinite=True)
     return _Program(tx=tx, schedule=schedule, task=task, epoch_fn=epoch_fn,
                     epoch_fn_guarded=epoch_fn_guarded,
-                    evaluate=train_lib.make_evaluate(model, cfg.train.eval_batch_size, mesh, task))
+                    evaluate=train_lib.make_evaluate(model, cfg.train.eval_batch_size, mesh, task,
+                                                     unroll=cfg.train.unroll))
 
 
 def _device_data(dataset: data_lib.Dataset, mesh: Mesh, eval_batch_size: int,

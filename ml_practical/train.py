@@ -155,7 +155,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
                      task: tasks_lib.Task | None = None, augment_fn: Callable | None = None,
                      skip_nonfinite: bool = True, mesh: Mesh | None = None,
                      donate: bool = True, gather: bool = True,
-                     step_metrics: StepMetrics | None = None) -> Callable:
+                     step_metrics: StepMetrics | None = None, unroll: bool = False) -> Callable:
     """Returns `train_epoch(state, images, labels, batch_idx) -> (state, metrics)`, jitted once.
 
     `images`/`labels` are the device-resident training set and `batch_idx` an int32 array of shape
@@ -169,6 +169,9 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     already gathered on the host (images (K, batch, ...), labels (K, batch)): the unit of work of
     the host-resident input pipeline (`input_pipeline.make_streamed_epoch`). Both scans run the
     same body on the same rows, so the two placements compute the same steps.
+
+    `unroll=True` unrolls the scan (`config.TrainConfig.unroll`: XLA:CPU's slow convolutions in
+    while loops); meant for the chunks of `gather=False`, whose length is small.
     """
     step = functools.partial(train_step, model=model, tx=tx, task=task, augment_fn=augment_fn,
                              skip_nonfinite=skip_nonfinite, step_metrics=step_metrics)
@@ -184,10 +187,10 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     def train_epoch(state, images, labels, batch_idx):
         return jax.lax.scan(
             lambda state, idx: body(state, {"image": images[idx], "label": labels[idx]}),
-            state, batch_idx)
+            state, batch_idx, unroll=unroll)
 
     def train_chunk(state, images, labels):
-        return jax.lax.scan(body, state, {"image": images, "label": labels})
+        return jax.lax.scan(body, state, {"image": images, "label": labels}, unroll=unroll)
 
     return jax.jit(train_epoch if gather else train_chunk, donate_argnums=(0,) if donate else ())
 
@@ -213,7 +216,7 @@ def replay_if_nonfinite(fast_epoch: Callable, guarded_epoch: Callable | None, st
 
 
 def make_split_sums(model: nn.Module, batch_size: int, mesh: Mesh | None = None,
-                    task: tasks_lib.Task | None = None) -> Callable:
+                    task: tasks_lib.Task | None = None, unroll: bool = False) -> Callable:
     """Returns `split_sums(params, batch_stats, images, labels, weights)`, not jitted.
 
     A scan of `eval_step` over the batches of a padded split (see `put_split`), summing the task's
@@ -238,21 +241,21 @@ def make_split_sums(model: nn.Module, batch_size: int, mesh: Mesh | None = None,
                  "weight": weights[:batch_size]}
         zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                             jax.eval_shape(step, params, batch_stats, first))
-        sums, _ = jax.lax.scan(body, zero, jnp.arange(n))
+        sums, _ = jax.lax.scan(body, zero, jnp.arange(n), unroll=unroll)
         return sums
 
     return split_sums
 
 
 def make_evaluate(model: nn.Module, batch_size: int, mesh: Mesh | None = None,
-                  task: tasks_lib.Task | None = None) -> Callable:
+                  task: tasks_lib.Task | None = None, unroll: bool = False) -> Callable:
     """Returns `evaluate(params, batch_stats, split) -> {"loss", "accuracy"}` over a whole split.
 
     A split is padded once to a multiple of `batch_size` with weight-0 rows (see `put_split`), so
     every batch has one shape and the function compiles once per split shape. The means are
     `tasks.finalize` of the sums ("accuracy" only for tasks that count correct predictions).
     """
-    _evaluate = jax.jit(make_split_sums(model, batch_size, mesh, task))
+    _evaluate = jax.jit(make_split_sums(model, batch_size, mesh, task, unroll=unroll))
 
     def evaluate(params, batch_stats, split):
         return tasks_lib.finalize(jax.device_get(_evaluate(params, batch_stats, *split)))

@@ -384,3 +384,35 @@ def test_lsuv_brings_every_conv_of_a_resnet_to_unit_variance():
     assert len(convs) == 1 + 9 * 2 + 0  # stem + 9 blocks x 2 convs (option A: no projections)
     for name, var in convs.items():
         assert abs(var - 1.0) < 0.1, (name, var)
+
+
+def test_unrolled_chunks_compute_the_same_steps_without_a_while_loop(tmp_path):
+    """train.unroll (XLA:CPU runs convolutions in while loops ~25x slower, jax-ml/jax#12868):
+    the compiled chunk has no while loop, and the run equals the scanned one to rounding."""
+    from conftest import tiny_config
+    from ml_practical import experiment, train
+
+    def cfg_for(unroll, placement="host"):
+        raw = tiny_config(**{"train.num_epochs": 2, "data.source": "arrays",
+                             "data.placement": placement, "data.chunk_steps": 2,
+                             "train.unroll": unroll})
+        raw.model = {"name": "cnn", "widths": (4, 8), "num_classes": 3, "norm": "batch"}
+        return config.parse(raw)
+
+    ds = _image_dataset()
+    model = models.CNN(widths=(4, 8), num_classes=3, norm="batch")
+    exp = experiment.build_experiment(cfg_for(False), dataset=ds)
+    state = exp.init_state()
+    images = jnp.zeros((2, 32, 8, 8, 1))
+    labels = jnp.zeros((2, 32), jnp.int32)
+    for unroll, has_while in ((True, False), (False, True)):
+        chunk = train.make_train_epoch(model, exp.tx, gather=False, donate=False, unroll=unroll)
+        hlo = chunk.lower(state, images, labels).as_text()
+        assert ("while" in hlo) == has_while, unroll
+    scanned = loop.fit(cfg_for(False), tmp_path / "scan", dataset=ds)
+    unrolled = loop.fit(cfg_for(True), tmp_path / "unroll", dataset=ds)
+    for a, b in zip(scanned.history, unrolled.history):
+        for key in ("train/loss", "val/loss", "val/accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    with pytest.raises(ValueError, match="train.unroll: True .* needs data.placement 'host'"):
+        loop.fit(cfg_for(True, placement="device"), tmp_path / "device", dataset=ds)

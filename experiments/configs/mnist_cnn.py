@@ -1,13 +1,16 @@
-"""A CPU-size CNN on MNIST: conv 32 -> conv 32 -> pool -> conv 64 -> conv 64 -> global average
-pool -> Dense, 3x3 convs with BatchNorm before the ReLU (no conv bias), He init, Adam 1e-3 with a
-cosine decay, batch 128, 2-pixel random shifts.
+"""A CPU-size CNN on MNIST: three stages of two 3x3 convs (16, 32, 64 channels; 28 -> 14 -> 7
+pixels, max pools between), global average pool, Dense; BatchNorm before the ReLU (no conv bias),
+He init, Adam 1e-3 with a cosine decay, batch 128, 2-pixel random shifts. (Two stages ending at
+14 x 14 reached only 96.8 % after 2 epochs: the last convs see 11 of 28 pixels, and the average
+pool then averages local features; the third stage gives them the whole digit.)
 
 Run:
     python -m experiments.train --config=experiments/configs/mnist_cnn.py \
         --workdir=checkpoints/mnist_cnn --config.data.data_dir=../shared/data/mnist
 
-Measured: see the README's model-families section (test accuracy and wall time on the 2-core CPU,
-with this command).
+Measured (seed 0, this 2-core CPU, jax 0.10.2): test accuracy 99.43 % (test NLL 0.0178), best
+validation accuracy 99.14 % at epoch 8 of 8; 620 s of training (about 75 s an epoch), 10 min 33 s
+of wall time with start-up and compilation.
 """
 
 from ml_practical import config
@@ -17,8 +20,13 @@ def get_config():
     cfg = config.defaults("cnn")
     cfg.data.source = "idx"
     cfg.data.data_dir = ""           # empty: $ML_PRACTICAL_DATA_DIR
+    # XLA:CPU runs convolutions in a while loop ~25x slower (jax-ml/jax#12868): stream chunks of
+    # 8 steps from the host and compile each unrolled (train.unroll).
+    cfg.data.placement = "host"
+    cfg.data.chunk_steps = 8
+    cfg.train.unroll = True
 
-    cfg.model.widths = (32, 64)
+    cfg.model.widths = (16, 32, 64)
     cfg.model.convs_per_stage = 2
     cfg.model.pool = "max"
     cfg.model.norm = "batch"         # before the activation; the conv before it has no bias
@@ -29,7 +37,7 @@ def get_config():
     cfg.optim.schedule = "warmup_cosine"
     cfg.optim.warmup_steps = 200
 
-    cfg.train.num_epochs = 6
+    cfg.train.num_epochs = 8
     cfg.train.batch_size = 128
     cfg.train.augment = "shift"      # 2-pixel shifts, filled with the background
 
