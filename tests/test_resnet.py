@@ -436,3 +436,30 @@ def test_unrolled_chunks_compute_the_same_steps_without_a_while_loop(tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     with pytest.raises(ValueError, match="train.unroll: True .* needs data.placement 'host'"):
         loop.fit(cfg_for(True, placement="device"), tmp_path / "device", dataset=ds)
+
+
+@pytest.mark.parametrize("model", [
+    models.CNN(widths=(4, 8), num_classes=3, norm="batch", drop_rate=0.3),
+    resnet.ResNet(depth=8, num_classes=3, width_multiplier=0.5, drop_rate=0.3),
+    resnet.ResNet(variant="wide", depth=10, num_classes=3, drop_rate=0.3),
+], ids=["cnn", "resnet", "wrn"])
+def test_mc_dropout_on_the_conv_families(model):
+    """Monte Carlo dropout: samples differ from each other, BatchNorm uses its running statistics
+    (the running-stat variables decide the output, not the batch), and with drop_rate 0 every
+    sample is the deterministic prediction."""
+    from ml_practical import uncertainty
+    x = jax.random.normal(jax.random.key(8), (6, 8, 8, 1))
+    v = _randomized(model.init(jax.random.key(0), x, train=False), jax.random.key(9))
+    probs = uncertainty.mc_predict(model, v, x, jax.random.key(1), num_samples=5, batch_size=None)
+    assert probs.shape == (5, 6, 3)
+    assert float(jnp.abs(probs[0] - probs[1]).max()) > 1e-4  # dropout is on
+    det = uncertainty.predict(model.clone(drop_rate=0.0), v, x, batch_size=None)
+    none = uncertainty.mc_predict(model.clone(drop_rate=0.0), v, x, jax.random.key(1),
+                                  num_samples=3, batch_size=None)
+    np.testing.assert_allclose(np.asarray(none), np.broadcast_to(np.asarray(det), none.shape),
+                               rtol=1e-5, atol=1e-6)
+    # A row's prediction does not depend on the rest of the batch: running statistics (batch
+    # statistics of a one-row batch would give another output).
+    one = uncertainty.mc_predict(model.clone(drop_rate=0.0), v, x[:1], jax.random.key(1),
+                                 num_samples=1, batch_size=None)
+    np.testing.assert_allclose(np.asarray(one[0, 0]), np.asarray(det[0]), rtol=1e-5, atol=1e-6)
