@@ -30,7 +30,8 @@ import numpy as np
 
 from ml_practical.config import DataConfig
 from ml_practical.idx import (DATA_DIR_ENV, DataWarning, RawSplits,  # noqa: F401
-                              first_non_finite, load_idx_dir, read_idx, resolve_data_dir,
+                              first_non_finite, load_idx_dir, read_idx, require_finite,
+                              resolve_data_dir,
                               write_idx)
 
 # --------------------------------------------------------------------------- the dataset
@@ -94,12 +95,7 @@ class Dataset:
                 raise ValueError(f"{who}: {split}_x has {len(x)} examples but "
                                  f"{split}_y has {len(y)}")
             for name, array in ((f"{split}_x", x), (f"{split}_y", y)):
-                bad = first_non_finite(array)
-                if bad is not None:
-                    index, position, value = bad
-                    at = f" at position {position}" if position else ""
-                    raise ValueError(f"{who}: {name}[{index}] holds {value}{at}; the data must "
-                                     "be finite")
+                require_finite(array, lambda i, name=name: f"{who}: {name}[{i}]", "position")
             if self.num_classes:
                 if not np.issubdtype(y_dtype, np.integer):
                     raise ValueError(f"{who}: {split}_y has dtype {y_dtype}; class labels "
@@ -345,12 +341,7 @@ def load_dataset(cfg_data: DataConfig, expected_classes: int | None = None) -> D
     train_y = _check_labels(np.asarray(raw.train_y), f"{where} train", num_classes)
     test_y = _check_labels(np.asarray(raw.test_y), f"{where} test", num_classes)
     for split, x in (("train", raw.train_x), ("test", raw.test_x)):
-        bad = first_non_finite(x)
-        if bad is not None:
-            index, position, value = bad
-            at = f" at pixel {position}" if position else ""
-            raise ValueError(f"{where} {split} image {index} holds {value}{at}; the data must be "
-                             "finite (fix or drop that example)")
+        require_finite(x, lambda i, split=split: f"{where} {split} image {i}")
     if len(raw.train_x) != len(train_y) or len(raw.test_x) != len(test_y):
         raise ValueError(f"data: {raw.name} has {len(raw.train_x)}/{len(raw.test_x)} train/test "
                          f"images but {len(train_y)}/{len(test_y)} labels")

@@ -14,6 +14,7 @@ import math
 import os
 import warnings
 import zlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -63,6 +64,18 @@ def first_non_finite(x: np.ndarray) -> tuple[int, tuple[int, ...], float] | None
             return start + int(where[0]), tuple(int(i) for i in where[1:]), float(
                 x[start:start + 4096][where])
     return None
+
+
+def require_finite(x: np.ndarray, name: Callable[[int], str],
+                   position_word: str = "pixel") -> None:
+    """Raises one ValueError at the first NaN / inf of `x`: "<name(index)> holds nan at
+    <position_word> (3, 5); the data must be finite (fix or drop that example)"."""
+    bad = first_non_finite(x)
+    if bad is not None:
+        index, position, value = bad
+        at = f" at {position_word} {position}" if position else ""
+        raise ValueError(f"{name(index)} holds {value}{at}; the data must be finite (fix or "
+                         "drop that example)")
 
 
 class RawSplits(NamedTuple):
@@ -243,12 +256,7 @@ def load_idx_dir(data_dir: str | os.PathLike | None = None) -> RawSplits:
             raise ValueError(f"IDX {split} split: {ipath} has {len(images)} images but {lpath} "
                              f"has {len(labels)} labels")
         for path, array, what in ((ipath, images, "image"), (lpath, labels, "label")):
-            bad = first_non_finite(array)
-            if bad is not None:
-                index, position, value = bad
-                at = f" at pixel {position}" if position else ""
-                raise ValueError(f"IDX file {path}: {what} {index} holds {value}{at}; the data "
-                                 "must be finite (fix or drop that example)")
+            require_finite(array, lambda i, path=path, what=what: f"IDX file {path}: {what} {i}")
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise ValueError(f"IDX data directory {data_dir}: train images are "
                          f"{arrays['train_images'].shape[1:]} but test images are "

@@ -14,36 +14,11 @@ official cifar-10-binary.tar.gz itself; TFDS users: --config.data.source=tfds
 of CIFAR-10 and no GPU.
 """
 
-from ml_practical import config
+from experiments.configs import cifar10_resnet20
 
 
 def get_config():
-    cfg = config.defaults("resnet")
-    cfg.data.source = "cifar10"
-    cfg.data.data_dir = ""           # empty: $ML_PRACTICAL_DATA_DIR
-    cfg.data.val_size = 5000
-    cfg.data.normalize = "per_channel"
-
-    cfg.model.variant = "cifar"
+    """cifar10_resnet20's recipe with depth 56 (nothing else differs)."""
+    cfg = cifar10_resnet20.get_config()
     cfg.model.depth = 56
-    cfg.model.shortcut = "A"
-    cfg.model.norm = "batch"
-    cfg.model.hidden_init = "he_normal"
-
-    cfg.optim.name = "momentum"
-    cfg.optim.momentum = 0.9
-    cfg.optim.learning_rate = 0.1
-    cfg.optim.l2 = 5e-4              # on kernels only (optim.decay_mask = "kernels")
-    cfg.optim.schedule = "warmup_cosine"
-    cfg.optim.warmup_steps = 0
-
-    cfg.train.num_epochs = 200
-    cfg.train.batch_size = 128
-    cfg.train.eval_batch_size = 1000
-    cfg.train.augment = "flip_crop"  # RandomHorizontalFlip + RandomCrop(32, padding=4), zero pad
-
-    cfg.early_stopping.enabled = False  # the recipe trains its 200 epochs; the last is tested
-    cfg.early_stopping.monitor = "val/accuracy"
-    cfg.early_stopping.mode = "max"
-    cfg.checkpoint.every = 5
     return cfg
