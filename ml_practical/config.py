@@ -79,7 +79,8 @@ class DataConfig(Section):
       placement: "device" (the training set on every device, one scan per epoch), "host"
         (streamed in prefetched chunks) or "auto" (device when it fits `device_budget_mb`).
       device_budget_mb: MiB per device the training set may take under "auto".
-      chunk_steps: host placement: steps gathered and transferred per chunk.
+      chunk_steps: host placement: steps gathered and transferred per chunk; with train.unroll
+        (either placement): the steps of each compiled unrolled chunk.
     """
 
     section: ClassVar[str] = "data"
@@ -178,10 +179,11 @@ class TrainConfig(Section):
       unroll: unroll the training and evaluation scans (no while loop in the compiled program).
         For convolutional models on CPU: XLA:CPU runs a convolution inside a while-loop body
         about 25x slower than outside one (jax-ml/jax#12868; measured here on a CNN step: 12
-        against 300 images/s). Needs data.placement "host" (each compiled chunk is then
-        data.chunk_steps unrolled steps; keep it small, e.g. 8, or compilation grows) and
-        compiles each evaluation scan unrolled. The same steps; the fusion may differ, so results
-        can differ from the scanned program's in float32 rounding.
+        against 300 images/s). Each compiled chunk is data.chunk_steps unrolled steps (keep it
+        small, e.g. 8, or compilation grows): a host chunk, or a slice of the epoch's batches
+        with data.placement "device" (`train.in_chunks`; the vmapped seeds too); each evaluation
+        scan is compiled unrolled. The same steps; the fusion may differ, so results can differ
+        from the scanned program's in float32 rounding.
     """
 
     section: ClassVar[str] = "train"

@@ -193,16 +193,15 @@ def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
                                    augment_fn=augment_lib.get(cfg.train.augment, norm_stats),
                                    mesh=mesh, step_metrics=step_metrics,
                                    unroll=cfg.train.unroll)
-    if placement.placement == "device":
-        if cfg.train.unroll:
-            raise ValueError("train.unroll: True unrolls each compiled chunk of the host input "
-                             "pipeline; it needs data.placement 'host' (and a small "
-                             "data.chunk_steps, e.g. 8), not an epoch-long device scan")
+    if placement.placement == "device" and cfg.train.unroll:
+        # An unrolled epoch-long scan would compile every step: run it in chunks.
+        build = lambda **kw: train_lib.in_chunks(make_epoch(**kw), placement.chunk_steps)
+    elif placement.placement == "device":
         build = make_epoch
     else:
         stream = functools.partial(input_pipeline.make_streamed_epoch, mesh=mesh,
                                    chunk_steps=placement.chunk_steps)
-        build = lambda **kw: stream(make_epoch(gather=False, **kw))  # noqa: E731
+        build = lambda **kw: stream(make_epoch(gather=False, **kw))
     if not cfg.train.skip_nonfinite:
         epoch_fn, epoch_fn_guarded = build(skip_nonfinite=False, donate=True), None
     elif cfg.train.guard == "inline":

@@ -97,14 +97,15 @@ def select(mask: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(pick, new, old)
 
 
-def make_evaluate_seeds(model, batch_size: int, mesh=None, task=None) -> Callable:
+def make_evaluate_seeds(model, batch_size: int, mesh=None, task=None,
+                        unroll: bool = False) -> Callable:
     """Returns `evaluate(params, batch_stats, split) -> {"loss": (S,), "accuracy": (S,)}`.
 
     `train.make_evaluate` vmapped over the seed axis of `params` / `batch_stats`: the same
     `train.eval_step` sums over the batches of a padded split (`train.put_split`), divided on the
-    host in float64, as `make_evaluate` does.
+    host in float64, as `make_evaluate` does. `unroll`: `train.make_split_sums`'s.
     """
-    one_seed = train_lib.make_split_sums(model, batch_size, mesh, task)
+    one_seed = train_lib.make_split_sums(model, batch_size, mesh, task, unroll=unroll)
     _evaluate = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None, None)))
 
     def evaluate(params, batch_stats, split):
@@ -190,7 +191,9 @@ def build_seed_group(cfg: Config, seeds: Sequence[int], *, dataset: data_lib.Dat
     (task, augmentation, mesh, guard), built without donation and vmapped with
     `in_axes=(0, None, None, 0)`: the state and the batch indices carry the seed axis, the
     device-resident training set is shared. The outer jit donates the states when no replay is
-    configured, and keeps them for the replay otherwise.
+    configured, and keeps them for the replay otherwise. With `train.unroll` each compiled call
+    is `data.chunk_steps` unrolled steps of every seed (`train.in_chunks`), and the evaluation
+    scans are unrolled.
     """
     seeds = check_seeds(seeds)
     if jax.process_count() > 1:
@@ -204,14 +207,17 @@ def build_seed_group(cfg: Config, seeds: Sequence[int], *, dataset: data_lib.Dat
         raise ValueError(f"data.placement: {placement.placement!r}; the vmapped seed mode needs "
                          "the training set on the device, expected 'device' (or seed_mode "
                          "'sequential')")
+    unroll = cfg.train.unroll
     make = functools.partial(train_lib.make_train_epoch, exp.model, exp.tx, task=exp.task,
                              augment_fn=augment_lib.get(cfg.train.augment,
                                                         exp.dataset.norm_stats),
-                             mesh=exp.mesh, donate=False, step_metrics=step_metrics)
+                             mesh=exp.mesh, donate=False, step_metrics=step_metrics,
+                             unroll=unroll)
 
     def vmapped(skip_nonfinite: bool, donate: bool) -> Callable:
         epoch = jax.vmap(make(skip_nonfinite=skip_nonfinite), in_axes=(0, None, None, 0))
-        return jax.jit(epoch, donate_argnums=(0,) if donate else ())
+        epoch = jax.jit(epoch, donate_argnums=(0,) if donate else ())
+        return train_lib.in_chunks(epoch, placement.chunk_steps) if unroll else epoch
 
     replay = cfg.train.skip_nonfinite and cfg.train.guard == "replay"
     inline = cfg.train.skip_nonfinite and cfg.train.guard == "inline"
@@ -219,4 +225,5 @@ def build_seed_group(cfg: Config, seeds: Sequence[int], *, dataset: data_lib.Dat
         exp=exp, seeds=seeds,
         train_epoch=vmapped(inline, donate=not replay),
         train_epoch_guarded=vmapped(True, donate=False) if replay else None,
-        evaluate=make_evaluate_seeds(exp.model, cfg.train.eval_batch_size, exp.mesh, exp.task))
+        evaluate=make_evaluate_seeds(exp.model, cfg.train.eval_batch_size, exp.mesh, exp.task,
+                                     unroll=unroll))

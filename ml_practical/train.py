@@ -171,7 +171,8 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     same body on the same rows, so the two placements compute the same steps.
 
     `unroll=True` unrolls the scan (`config.TrainConfig.unroll`: XLA:CPU's slow convolutions in
-    while loops); meant for the chunks of `gather=False`, whose length is small.
+    while loops); meant for short scans: the chunks of `gather=False`, or an epoch cut by
+    `in_chunks`.
     """
     step = functools.partial(train_step, model=model, tx=tx, task=task, augment_fn=augment_fn,
                              skip_nonfinite=skip_nonfinite, step_metrics=step_metrics)
@@ -193,6 +194,32 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
         return jax.lax.scan(body, state, {"image": images, "label": labels}, unroll=unroll)
 
     return jax.jit(train_epoch if gather else train_chunk, donate_argnums=(0,) if donate else ())
+
+
+def in_chunks(epoch_fn: Callable, chunk_steps: int) -> Callable:
+    """`epoch_fn(state, images, labels, batch_idx)` run over chunks of `chunk_steps` steps.
+
+    For `train.unroll` with a device-resident training set (and the vmapped seeds): an unrolled
+    epoch-long scan would compile every step of the epoch, so the epoch's batch-index rows
+    (axis -2 of `batch_idx`: (num_batches, batch) or, vmapped, (S, num_batches, batch)) are cut
+    into chunks, each one call of the same compiled unrolled function (a shorter last chunk
+    compiles once more). The steps, their order and their keys are the epoch's (keys fold in
+    the state's step counter); the per-step metrics are concatenated back along the steps axis.
+    """
+    if chunk_steps < 1:
+        raise ValueError(f"chunk_steps: {chunk_steps}; expected an integer >= 1")
+
+    def run(state, images, labels, batch_idx):
+        axis = batch_idx.ndim - 2
+        n = batch_idx.shape[axis]
+        parts = []
+        for start in range(0, n, chunk_steps):
+            rows = jax.lax.slice_in_dim(batch_idx, start, min(start + chunk_steps, n), axis=axis)
+            state, metrics = epoch_fn(state, images, labels, rows)
+            parts.append(metrics)
+        return state, jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *parts)
+
+    return run
 
 
 def replay_if_nonfinite(fast_epoch: Callable, guarded_epoch: Callable | None, state: TrainState,

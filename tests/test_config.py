@@ -242,6 +242,7 @@ def test_every_experiment_config_parses():
     from experiments.zero_init.main import ZeroInitStudy
 
     studies = {"ablation": AblationStudy, "ablation_digits": AblationStudy,
+               "ablation_cnn_digits": AblationStudy,
                "clipping": ClippingStudy, "lsuv": LSUVStudy, "mc_dropout": MCStudy,
                "zero_init": ZeroInitStudy, "mnist_mlp": None, "digits_mlp": None,
                "mnist_cnn": None, "cifar10_resnet20": None, "cifar10_resnet56": None}

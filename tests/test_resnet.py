@@ -18,9 +18,11 @@ from ml_practical.models import resnet
 
 try:  # the PyTorch references (the `bench` extra); the other tests need no torch
     import torch
+
+    from benchmarks import torch_twins
     F = torch.nn.functional
 except ImportError:  # pragma: no cover - CI installs only the `test` extra
-    torch = F = None
+    torch = F = torch_twins = None
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch (pip install -e '.[bench]') is "
                                                       "the reference of this test")
 
@@ -97,72 +99,6 @@ def test_cnn_refuses_even_kernels_and_non_image_input():
 # ResNet-20 equals its PyTorch twin on copied weights.
 
 
-_TorchModule = torch.nn.Module if torch is not None else object
-
-
-class _TorchBlock(_TorchModule):
-    """The widely used PyTorch CIFAR basic block (option A: F.pad(x[:, :, ::2, ::2], planes//4))."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = torch.nn.BatchNorm2d(cout)
-        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = torch.nn.BatchNorm2d(cout)
-        self.pad = (cout - cin) // 2 if (stride != 1 or cin != cout) else None
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        short = x if self.pad is None else F.pad(x[:, :, ::2, ::2],
-                                                 (0, 0, 0, 0, self.pad, self.pad))
-        return F.relu(out + short)
-
-
-class _TorchResNet20(_TorchModule):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn = torch.nn.BatchNorm2d(16)
-        blocks, cin = [], 16
-        for s, cout in enumerate((16, 32, 64)):
-            for b in range(3):
-                blocks.append(_TorchBlock(cin, cout, 2 if (s > 0 and b == 0) else 1))
-                cin = cout
-        self.blocks = torch.nn.Sequential(*blocks)
-        self.fc = torch.nn.Linear(64, num_classes)
-
-    def forward(self, x):
-        x = self.blocks(F.relu(self.bn(self.conv(x))))
-        return self.fc(x.mean((2, 3)))
-
-
-def _copy_into_torch(variables, net: _TorchResNet20) -> None:
-    """Our params and running statistics into the torch net (HWIO -> OIHW, (in, out) -> (out, in))."""
-    p, bs = variables["params"], variables["batch_stats"]
-
-    def conv(dst, kernel):
-        dst.weight.data = torch.tensor(np.asarray(kernel).transpose(3, 2, 0, 1).copy())
-
-    def bn(dst, params, stats):
-        dst.weight.data = torch.tensor(np.asarray(params["scale"]))
-        dst.bias.data = torch.tensor(np.asarray(params["bias"]))
-        dst.running_mean.data = torch.tensor(np.asarray(stats["mean"]))
-        dst.running_var.data = torch.tensor(np.asarray(stats["var"]))
-
-    conv(net.conv, p["stem"]["conv"]["kernel"])
-    bn(net.bn, p["stem"]["norm"], bs["stem"]["norm"])
-    for i, block in enumerate(net.blocks):
-        s, b = divmod(i, 3)
-        ours, stats = p[f"stage_{s}"][f"block_{b}"], bs[f"stage_{s}"][f"block_{b}"]
-        conv(block.conv1, ours["conv_0"]["kernel"])
-        bn(block.bn1, ours["norm_0"], stats["norm_0"])
-        conv(block.conv2, ours["conv_1"]["kernel"])
-        bn(block.bn2, ours["norm_1"], stats["norm_1"])
-    net.fc.weight.data = torch.tensor(np.asarray(p["head"]["kernel"]).T.copy())
-    net.fc.bias.data = torch.tensor(np.asarray(p["head"]["bias"]))
-
-
 def _randomized(variables, key):
     """Non-trivial BN params and running statistics, so eval mode tests them too."""
     flat = traverse_util.flatten_dict(variables)
@@ -182,8 +118,8 @@ def test_resnet20_equals_pytorch_with_copied_weights_in_train_and_eval_mode():
     model = resnet.ResNet(depth=20)
     x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     variables = _randomized(model.init(jax.random.key(0), x, train=False), jax.random.key(1))
-    net = _TorchResNet20()
-    _copy_into_torch(variables, net)
+    net = torch_twins.ResNet20()
+    torch_twins.copy_resnet20(variables, net)
     xt = torch.tensor(x.transpose(0, 3, 1, 2).copy())
 
     net.eval()
@@ -201,6 +137,23 @@ def test_resnet20_equals_pytorch_with_copied_weights_in_train_and_eval_mode():
     np.testing.assert_allclose(np.asarray(updated["batch_stats"]["stem"]["norm"]["mean"]),
                                net.bn.running_mean.numpy(), rtol=1e-4, atol=1e-5)
     assert np.abs(got_train - got_eval).max() > 1e-2  # the two modes do differ here
+
+
+@needs_torch
+def test_cnn_equals_pytorch_with_copied_weights_in_train_and_eval_mode():
+    """`benchmarks.conv_speed`'s torch twin of the MNIST CNN computes our function."""
+    model = models.build_model("cnn", dict(widths=(8, 16, 32), convs_per_stage=2, norm="batch"))
+    x = np.random.default_rng(3).normal(size=(6, 28, 28, 1)).astype(np.float32)
+    variables = _randomized(model.init(jax.random.key(0), x, train=False), jax.random.key(2))
+    net = torch_twins.CNN(1, (8, 16, 32), 2)
+    torch_twins.copy_cnn(variables, net)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+    for train in (False, True):
+        net.train(train)
+        with torch.no_grad():
+            want = net(xt).numpy()
+        got = model.apply(variables, x, train=train, mutable=["batch_stats"])[0]
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
 @needs_torch
@@ -393,15 +346,17 @@ def test_conv_families_train_under_fit_with_stats_and_resume(tmp_path, model):
 
 
 def test_lsuv_brings_every_conv_of_a_resnet_to_unit_variance():
-    model = resnet.ResNet(depth=20, norm="none", width_multiplier=0.5)
-    x = jax.random.normal(jax.random.key(5), (64, 16, 16, 3))
+    """The issue's case: every conv of a ResNet-56 (no norm; half width and 8x8 images to keep
+    the test short: LSUV's rule does not depend on either)."""
+    model = resnet.ResNet(depth=56, norm="none", width_multiplier=0.5)
+    x = jax.random.normal(jax.random.key(5), (32, 8, 8, 3))
     v = model.init(jax.random.key(0), x, train=False)
     apply = lambda variables, batch, **kw: model.apply(variables, batch, train=False, **kw)
     out = lsuv.lsuv(apply, v, x, tol=0.05, max_iter=20, key=jax.random.key(6))
     new = out[0] if isinstance(out, tuple) else out
     variances = lsuv.layer_output_variances(apply, new, x)
     convs = {k: float(val) for k, val in variances.items() if "conv" in k}
-    assert len(convs) == 1 + 9 * 2 + 0  # stem + 9 blocks x 2 convs (option A: no projections)
+    assert len(convs) == 1 + 27 * 2  # stem + 27 blocks x 2 convs (option A: no projections)
     for name, var in convs.items():
         assert abs(var - 1.0) < 0.1, (name, var)
 
@@ -431,11 +386,72 @@ def test_unrolled_chunks_compute_the_same_steps_without_a_while_loop(tmp_path):
         assert ("while" in hlo) == has_while, unroll
     scanned = loop.fit(cfg_for(False), tmp_path / "scan", dataset=ds)
     unrolled = loop.fit(cfg_for(True), tmp_path / "unroll", dataset=ds)
-    for a, b in zip(scanned.history, unrolled.history):
+    # On the device: the epoch's batches cut into unrolled chunks of 2 (`train.in_chunks`; 96
+    # training rows / batch 32 = 3 steps, so a chunk of 2 and one of 1).
+    on_device = loop.fit(cfg_for(True, placement="device"), tmp_path / "device", dataset=ds)
+    for a, b, c in zip(scanned.history, unrolled.history, on_device.history):
         for key in ("train/loss", "val/loss", "val/accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    with pytest.raises(ValueError, match="train.unroll: True .* needs data.placement 'host'"):
-        loop.fit(cfg_for(True, placement="device"), tmp_path / "device", dataset=ds)
+            assert a[key] == pytest.approx(c[key], rel=1e-4, abs=1e-6), key
+    assert len(on_device.history) == len(scanned.history) == 2
+
+
+def test_vmapped_seeds_of_a_cnn_with_unroll_equal_sequential_runs(tmp_path):
+    """`fit_seeds` (one vmapped program) with train.unroll: chunks of unrolled steps of every seed;
+    each seed's history equals its own `fit` to float32 rounding, and no while loop is compiled."""
+    from conftest import tiny_config
+    from ml_practical import multiseed, train
+
+    raw = tiny_config(**{"train.num_epochs": 2, "data.source": "arrays", "data.chunk_steps": 2,
+                         "train.unroll": True})
+    raw.model = {"name": "cnn", "widths": (4, 8), "num_classes": 3, "norm": "batch",
+                 "conv_backward": "chunked"}
+    cfg = config.parse(raw)
+    ds = _image_dataset()
+    # One compiled call is 2 unrolled steps of both seeds: no while loop in it.
+    group = multiseed.build_seed_group(cfg, [0, 1], dataset=ds)
+    states = group.init_states()
+    idx = group.batch_indices(1)[:, :2]
+    hlo = jax.jit(jax.vmap(train.make_train_epoch(group.exp.model, group.exp.tx, unroll=True),
+                           in_axes=(0, None, None, 0))).lower(
+        states, *group.exp.train_arrays, idx).as_text()
+    assert "while" not in hlo
+    results = loop.fit_seeds(cfg, [0, 1], tmp_path / "vmap", dataset=ds)
+    for seed, mine in zip([0, 1], results):
+        ref = loop.fit(loop.with_seed(cfg, seed), tmp_path / f"seq_{seed}", dataset=ds)
+        assert len(mine.history) == len(ref.history) == 2
+        for a, b in zip(mine.history, ref.history):
+            for key in ("train/loss", "val/loss", "val/accuracy"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (seed, key)
+    assert results[0].history[-1]["train/loss"] != results[1].history[-1]["train/loss"]
+
+
+def test_in_chunks_runs_the_epochs_steps_in_order():
+    """`train.in_chunks` = the whole scan: same final state and per-step metrics, plain and vmapped."""
+    from ml_practical import train
+
+    def epoch(state, images, labels, batch_idx):  # a scan whose result depends on step order
+        def body(s, idx):
+            s = s * 0.5 + jnp.sum(images[idx]) + jnp.sum(labels[idx])
+            return s, {"loss": s, "pair": jnp.stack([s, -s])}
+        return jax.lax.scan(body, state, batch_idx)
+
+    images = jnp.arange(40.0)
+    labels = jnp.arange(40) % 3
+    idx = jnp.asarray(np.random.default_rng(0).permutation(40)[:35].reshape(7, 5))
+    want = epoch(jnp.float32(1.0), images, labels, idx)
+    got = train.in_chunks(jax.jit(epoch), 3)(jnp.float32(1.0), images, labels, idx)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+    seeds = jnp.stack([idx, idx[::-1]])  # (S, steps, batch): chunks cut axis 1
+    vm = jax.vmap(epoch, in_axes=(0, None, None, 0))
+    want = vm(jnp.ones(2), images, labels, seeds)
+    got = train.in_chunks(vm, 2)(jnp.ones(2), images, labels, seeds)
+    assert got[1]["pair"].shape == (2, 7, 2)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="chunk_steps"):
+        train.in_chunks(epoch, 0)
 
 
 @pytest.mark.parametrize("model", [

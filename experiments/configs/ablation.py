@@ -24,7 +24,13 @@ from experiments.configs import mnist_mlp
 from ml_practical import config
 
 def get_config():
-    cfg = config.with_study(mnist_mlp.get_config(), AblationStudy)
+    return study_config(mnist_mlp.get_config())
+
+
+def study_config(base):
+    """The study fields and the chapter's lab setup on top of a training config `base` (any
+    model family whose fields the rows override: the MLP here, the CNN in ablation_cnn_digits)."""
+    cfg = config.with_study(base, AblationStudy)
     del cfg["seed"]                  # each run's seed comes from `seeds`
     cfg.seeds = 3                    # runs every experiment with seeds 0, 1, ..., seeds - 1
     cfg.only = ""                    # comma-separated experiment names; "" = rows 1-8; "all"

@@ -17,7 +17,11 @@ epoch, and most runs are still improving at 15 epochs.
 from experiments.configs import ablation
 
 def get_config():
-    cfg = ablation.get_config()
+    return on_digits(ablation.get_config())
+
+
+def on_digits(cfg):
+    """The study's data and stopping settings for the digits (any model family)."""
     cfg.data.source = "digits"
     cfg.data.val_size = 287          # 1437 training images -> 1150 train / 287 val
     cfg.train.num_epochs = 30

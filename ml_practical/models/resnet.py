@@ -60,7 +60,7 @@ import jax.numpy as jnp
 from ml_practical import initializers, layers
 from ml_practical.config import ConfigError, check_fields, field
 from ml_practical.models.activations import ACTIVATIONS, get_activation
-from ml_practical.models.cnn import conv2d
+from ml_practical.models.cnn import CONV_BACKWARDS, conv2d
 from ml_practical.models.mlp import Initializer, check_initializer
 from ml_practical.models.norms import LAYER_NORM_AXES, NORMS, make_norm
 
@@ -114,6 +114,7 @@ class _Spec:
     bn_momentum: float
     norm_epsilon: float
     bn_backward: str
+    conv_backward: str
     activation: str
     drop_rate: float
     dropout_sampler: str
@@ -161,7 +162,8 @@ class _Block(nn.Module):
             init = _scaled(init, self.fixup_factor)
         use_bias = net.norm == "none" and net.residual != "fixup"  # fixup: scalar biases
         return conv2d(features, k, stride, name=name, use_bias=use_bias and net.use_bias,
-                      kernel_init=init, bias_init=initializers.get(net.bias_init))
+                      kernel_init=init, bias_init=initializers.get(net.bias_init),
+                      backward=net.conv_backward)
 
     def _norm(self, name, *, last=False):
         net = self.net
@@ -293,6 +295,7 @@ class ResNet(nn.Module):
       norm, num_groups, layer_norm_axes, bn_momentum, norm_epsilon, bn_backward: the norm layers
         (`models.norms.make_norm`); convs get a bias only with norm "none" (and not under Fixup,
         which has its scalar biases instead).
+      conv_backward: the convolutions' gradients, "xla" or "chunked" (`models.cnn.conv2d`).
       activation: of every block.
       drop_rate, dropout_sampler: dropout between a block's first two convs (WRN; 0: none).
       hidden_init: the convolutions' initializer (`initializers.get`; He by default).
@@ -317,6 +320,7 @@ class ResNet(nn.Module):
     bn_momentum: float = field(0.9, ge=0, le=1)
     norm_epsilon: float = field(1e-5, ge=0)
     bn_backward: str = field("autodiff", choices=layers.BN_BACKWARDS)
+    conv_backward: str = field("xla", choices=CONV_BACKWARDS)
     activation: str = field("relu", choices=tuple(ACTIVATIONS))
     drop_rate: float = field(0.0, ge=0, lt=1)
     dropout_sampler: str = field("bernoulli", choices=layers.DROPOUT_SAMPLERS)
@@ -448,7 +452,7 @@ class _Stem(nn.Module):
         use_bias = net.norm == "none" and net.residual != "fixup" and net.use_bias
         conv = conv2d(net.stem_width, 7 if imagenet else 3, 2 if imagenet else 1, name="conv",
                       use_bias=use_bias, kernel_init=initializers.get(net.hidden_init),
-                      bias_init=initializers.get(net.bias_init))
+                      bias_init=initializers.get(net.bias_init), backward=net.conv_backward)
         x = conv(x)
         conv.sow("intermediates", "preact", x)
         if net.variant not in ("preact", "wide"):  # a pre-activation block starts with its norm

@@ -103,6 +103,31 @@ def test_row_configs_reach_the_runs(study):
     assert "seeds" not in he and "only" not in he
 
 
+def test_the_rows_run_on_a_cnn(tmp_path):
+    """experiments/configs/ablation_cnn_digits.py: the same runner and rows on `models.CNN`; each
+    row's fields reach the CNN (init, BN between conv and ReLU, dropout before the head)."""
+    from experiments.configs import ablation_cnn_digits
+
+    cfg = ablation_cnn_digits.get_config()
+    cfg.only, cfg.seeds = "he,he_bn,dropout", 1
+    cfg.data.limit_train = 128
+    cfg.model.widths = (4, 8)
+    cfg.train.num_epochs = 1
+    cfg.train.batch_size = 64
+    cfg.train.progress = "never"
+    results = ablation.run_study(parse(cfg), tmp_path)
+    assert list(results["experiments"]) == ["he", "he_bn", "dropout"]
+    for name, norm, drop in (("he", "none", 0.0), ("he_bn", "batch", 0.0),
+                             ("dropout", "batch", 0.2)):
+        run = ablation.run_dir(tmp_path, name, 0)
+        resolved = json.loads((run / "config.json").read_text())["model"]
+        assert (resolved["name"], resolved["norm"], resolved["drop_rate"]) == ("cnn", norm, drop)
+        summary = json.loads((run / "summary.json").read_text())
+        assert 0.0 <= summary["test/accuracy"] <= 1.0
+        assert results["experiments"][name]["test_accuracy"]["mean"] == summary["test/accuracy"]
+    assert [c["experiment"] for c in results["contributions"]] == ["he_bn", "dropout"]
+
+
 def test_results_md_and_contributions_are_the_seed_statistics(study):
     workdir, results = study["workdir"], study["results"]
     md = (workdir / "results.md").read_text()
