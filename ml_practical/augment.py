@@ -19,8 +19,9 @@ they are not in `get`, whose transforms map images to images.
 
 Config names (`cfg.train.augment`) resolve through `get(name)`:
   "none"          no augmentation (None)
-  "shift"         random_shift, max_shift=2
-  "shift_rotate"  random_rotation up to 10 degrees, then random_shift 2 px
+  "shift"         scaled_shift: up to 2 px per 28 px of side (MNIST: random_shift, max_shift=2;
+                  8x8 digits: 0.57 px, bilinear)
+  "shift_rotate"  random_rotation up to 10 degrees, then the same scaled_shift
   "flip_crop"     random_flip, then random_shift 4 px filled with the raw zero: torchvision's
                   RandomHorizontalFlip + RandomCrop(32, padding=4), whose zero padding comes
                   before Normalize, i.e. -mean/std after it (`raw_zero`)
@@ -282,6 +283,66 @@ def random_rotation(key: Array, images: Array, max_degrees: float = 10.0,
     return rotate_images(images, degrees, fill=fill)
 
 
+def translate_images(images: Array, shifts: Array, fill: str = "min") -> Array:
+    """Translate each image by a real-valued (dy, dx): bilinear resampling, for sub-pixel shifts.
+
+    out[i, y, x] = images[i, y - dy_i, x - dx_i] interpolated bilinearly
+    (`jax.scipy.ndimage.map_coordinates`, order=1); uncovered pixels take the fill as in
+    `rotate_images` ("min": the per-image, per-channel minimum; "edge": the nearest border
+    pixel). For integer shifts this equals `shift_images` (tested).
+
+    Args:
+      images: (N, H, W, C) batch.
+      shifts: (N, 2) floats (dy, dx); positive dy moves content down, positive dx right.
+      fill: "min" or "edge".
+    """
+    n, h, w, _ = _check_images(images)
+    _check_fill(fill, "translate_images.fill")
+    if fill == "value":
+        raise ValueError("translate_images.fill: 'value' is not supported; expected 'min' or "
+                         "'edge'")
+    if shifts.shape != (n, 2):
+        raise ValueError(f"shifts: expected shape ({n}, 2); got {tuple(shifts.shape)}")
+    y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing="ij")
+    mode = "nearest" if fill == "edge" else "constant"
+
+    def translate_one(image, shift):
+        src = [y - shift[0], x - shift[1]]
+        return jax.vmap(lambda plane: ndimage.map_coordinates(plane, src, order=1, mode=mode,
+                                                              cval=0.0),
+                        in_axes=2, out_axes=2)(image)
+
+    # As in rotate_images: resample (x - bg) with cval 0 and add bg back.
+    background = _background(images)
+    moved = jax.vmap(translate_one)((images - background).astype(jnp.float32),
+                                    shifts.astype(jnp.float32))
+    return (moved + background).astype(images.dtype)
+
+
+# The presets' shift, stated for MNIST: up to 2 pixels of a 28-pixel side.
+SHIFT_PIXELS_PER_28 = 2
+
+
+def scaled_shift(key: Array, images: Array, pixels_per_28: float = SHIFT_PIXELS_PER_28,
+                 fill: str = "min") -> Array:
+    """Random translation whose size scales with the image: up to `pixels_per_28` / 28 of the
+    side on each axis (2 px on 28x28 MNIST, 0.57 px on the 8x8 digits, 2.29 px on 32x32).
+
+    Where that is a whole number of pixels on both axes (MNIST's 2) this is `random_shift` itself,
+    integer shifts uniform on {-m, ..., m}; otherwise each image's (dy, dx) is uniform on
+    [-m_y, m_y] x [-m_x, m_x] and applied by bilinear resampling (`translate_images`). Why: a
+    preset written as "2 px" is a quarter of an 8-pixel digit, a different augmentation from the
+    one the chapter means.
+    """
+    _, h, w, _ = _check_images(images)
+    my, mx = pixels_per_28 * h / 28.0, pixels_per_28 * w / 28.0
+    if my == mx and float(my).is_integer():
+        return random_shift(key, images, max_shift=int(my), fill=fill)
+    u = jax.random.uniform(key, (images.shape[0], 2), minval=-1.0, maxval=1.0)
+    return translate_images(images, u * jnp.asarray([my, mx], jnp.float32), fill=fill)
+
+
 # --------------------------------------------------------------------------------------------------
 # Photometric transforms
 
@@ -494,8 +555,6 @@ def compose(*fns: Augment) -> Augment:
     return composed
 
 
-def _shift(max_shift: int) -> Augment:
-    return lambda key, images: random_shift(key, images, max_shift=max_shift)
 
 
 def _flip_crop(norm_stats) -> Augment:
@@ -506,10 +565,10 @@ def _flip_crop(norm_stats) -> Augment:
 
 _NAMED: dict[str, Callable[[Any], Augment | None]] = {
     "none": lambda stats: None,
-    "shift": lambda stats: _shift(2),
-    # The ablation's "small random shifts/rotations": rotate first, so the integer shift is exact.
+    "shift": lambda stats: scaled_shift,
+    # The ablation's "small random shifts/rotations": rotate first, so an integer shift is exact.
     "shift_rotate": lambda stats: compose(
-        lambda key, images: random_rotation(key, images, max_degrees=10.0), _shift(2)),
+        lambda key, images: random_rotation(key, images, max_degrees=10.0), scaled_shift),
     "flip_crop": _flip_crop,
     "erasing": lambda stats: random_erasing,
     "color_jitter": lambda stats: color_jitter,

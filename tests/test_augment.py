@@ -305,7 +305,7 @@ def test_get_resolves_names_and_rejects_unknown():
     assert augment.get("none") is None
     images, key = _images(), jax.random.key(2)
     np.testing.assert_array_equal(augment.get("shift")(key, images),
-                                  augment.random_shift(key, images, max_shift=2))
+                                  augment.scaled_shift(key, images))  # 28 px: random_shift, below
     np.testing.assert_array_equal(augment.get("erasing")(key, images),
                                   augment.random_erasing(key, images))
     expected = "train.augment: unknown 'mixup'; expected one of ['color_jitter', 'erasing', " \
@@ -352,3 +352,37 @@ def test_flip_crop_pads_with_the_raw_zero_like_torchvision():
         np.testing.assert_allclose(back[i], padded[oy:oy + 8, ox:ox + 8], atol=1e-5)
     assert (shifts != 0).any()
     np.testing.assert_allclose(augment.raw_zero((mean, std)), -mean / std, rtol=1e-6)
+
+
+def test_translate_images_equals_shift_images_on_integer_shifts():
+    rng = np.random.default_rng(11)
+    images = jnp.asarray(rng.normal(size=(4, 8, 9, 2)).astype(np.float32))
+    shifts = jnp.asarray([[1, -2], [0, 0], [-3, 1], [2, 2]])
+    for fill in ("min", "edge"):
+        np.testing.assert_allclose(augment.translate_images(images, shifts.astype(jnp.float32), fill),
+                                   augment.shift_images(images, shifts, fill), atol=1e-6)
+    # A half-pixel shift is the mean of the two neighbours (bilinear), inside the image.
+    half = augment.translate_images(images, jnp.asarray([[0.0, 0.5]] * 4), "edge")
+    np.testing.assert_allclose(half[:, :, 1:], 0.5 * (images[:, :, 1:] + images[:, :, :-1]),
+                               atol=1e-6)
+
+
+def test_scaled_shift_is_mnists_integer_shift_and_a_fraction_of_a_small_image():
+    key = jax.random.key(3)
+    rng = np.random.default_rng(12)
+    mnist = jnp.asarray(rng.normal(size=(6, 28, 28, 1)).astype(np.float32))
+    # 28 px: exactly the preset the MNIST study always used (random_shift, 2 px), bit for bit.
+    np.testing.assert_array_equal(augment.scaled_shift(key, mnist),
+                                  augment.random_shift(key, mnist, max_shift=2))
+    np.testing.assert_array_equal(augment.get("shift")(key, mnist),
+                                  augment.random_shift(key, mnist, max_shift=2))
+    # 8 px: at most 2 * 8 / 28 = 0.571 px, so a single bright pixel's mass moves that far at most.
+    digits = jnp.zeros((200, 8, 8, 1)).at[:, 4, 4, 0].set(1.0)
+    out = augment.scaled_shift(jax.random.key(4), digits)
+    ys, xs = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    mass = np.asarray(out[..., 0]) - np.asarray(out[..., 0]).min(axis=(1, 2), keepdims=True)
+    cy = (mass * ys).sum((1, 2)) / mass.sum((1, 2))
+    cx = (mass * xs).sum((1, 2)) / mass.sum((1, 2))
+    assert np.max(np.abs(cy - 4)) <= 2 * 8 / 28 + 1e-5 and np.max(np.abs(cx - 4)) <= 0.5715
+    assert np.max(np.abs(cx - 4)) > 0.4          # the whole range is used
+    assert np.mean(np.abs(cx - np.round(cx)) > 1e-3) > 0.5   # sub-pixel, not integer

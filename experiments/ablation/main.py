@@ -40,7 +40,7 @@ from experiments.ablation.rows import select_experiments
 from ml_practical import config as config_lib
 from ml_practical import data as data_lib
 from ml_practical import loop, multiseed, run_files
-from ml_practical.analysis import curves, seeds as seed_stats
+from ml_practical.analysis import curves, inference, seeds as seed_stats
 
 RUNS_DIR = "runs"
 
@@ -306,6 +306,14 @@ def collect(cfg: config_lib.Config, runs: Mapping[str, list[dict[str, Any]]], *,
             "test_accuracy": contribution(exp, experiments[parent], "test_accuracy"),
             "test_loss": contribution(exp, experiments[parent], "test_loss"),
         })
+    # Confidence intervals, tests and power of each accuracy comparison, and Holm's adjustment
+    # over the table (the family: every contribution the study reports).
+    for c in contributions:
+        c["test_accuracy"]["inference"] = inference.compare(
+            c["test_accuracy"]["paired_differences"])
+    p_holm = inference.holm([c["test_accuracy"]["inference"]["t"]["p"] for c in contributions])
+    for c, p in zip(contributions, p_holm):
+        c["test_accuracy"]["inference"]["p_holm"] = float(p)
     return run_files.to_jsonable({
         "study": {
             "dataset": dict(dataset_info),

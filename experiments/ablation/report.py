@@ -94,17 +94,53 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# results.json holds non-finite floats as the strings "inf" / "nan" (run_files.to_jsonable).
+def _interval(low: float | str, high: float | str) -> str:
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "-"
+    return f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def _p(p: float | str | None) -> str:
+    if p is None or math.isnan(float(p)):
+        return "-"
+    p = float(p)
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _pp(x: float | str) -> str:
+    x = float(x)
+    return "-" if not math.isfinite(x) else f"{100 * x:.2f}"
+
+
+def _monitor(results: Mapping[str, Any]) -> str:
+    """The early-stopping metric and direction, e.g. "val/loss (min)"."""
+    es = results["config"]["early_stopping"]
+    return f"{es['monitor']} ({es['mode']})"
+
+
 def format_contributions(results: Mapping[str, Any]) -> str:
     """The contributions table: each row minus its parent, ± the paired std, significance."""
-    lines = ["| # | change | vs | Δ accuracy (pp) | chapter Δ (pp) | Δ test loss | "
-             "beyond seed spread? |", "|---|---|---|---|---|---|---|"]
+    lines = ["| # | change | vs | Δ accuracy (pp) | 95 % CI, paired t (pp) | 95 % CI, bootstrap "
+             "(pp) | p (Holm) | detectable at 80 % (pp) | seeds for this Δ | chapter Δ (pp) | "
+             "Δ test loss | beyond seed spread? |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     exps = results["experiments"]
     for c in results["contributions"]:
         acc, loss = c["test_accuracy"], c["test_loss"]
         chap = "" if c["chapter_expected"] is None else f"{100 * c['chapter_expected']:+.1f}"
+        inf = acc.get("inference")
+        if inf is None:  # results.json of an older version of the study
+            extra = " | | | | |"
+        else:
+            t, boot = inf["t"], inf["bootstrap"]
+            n = inf["seeds_for_observed"]  # None: undefined; inf ("inf" in JSON): > 1000
+            seeds = "-" if n is None else ("> 1000" if float(n) == math.inf else str(n))
+            extra = (f" {_interval(t['low'], t['high'])} | {_interval(boot['low'], boot['high'])}"
+                     f" | {_p(inf['p_holm'])} | {_pp(inf['mde'])} | {seeds} |")
         lines.append(f"| {exps[c['experiment']]['row']} | {c['change']} | "
                      f"{exps[c['parent']]['row']} {c['parent']} | "
-                     f"{100 * acc['mean']:+.2f} ± {100 * acc['std']:.2f} | {chap} | "
+                     f"{100 * acc['mean']:+.2f} ± {100 * acc['std']:.2f} |{extra} {chap} | "
                      f"{loss['mean']:+.4f} ± {loss['std']:.4f} | "
                      f"{'yes' if acc['significant'] else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -121,15 +157,24 @@ def format_results(results: Mapping[str, Any]) -> str:
     if s.get("command"):
         out += ["```", s["command"], "```", ""]
     out += [format_table(results),
-            "Mean ± sample std (ddof=1) over seeds of the test metrics of the best-val-loss "
-            "checkpoint. The chapter's numbers are MNIST single runs; \"goal\" is the issue's target. "
-            "Verdicts: `analysis.curves.diagnose` on each seed's curves.", ""]
+            "Mean ± sample std (ddof=1) over seeds of the test metrics of the checkpoint with the "
+            f"best {_monitor(results)} (early stopping's criterion). The chapter's numbers are "
+            "MNIST single runs; \"goal\" is the issue's target. Verdicts: "
+            "`analysis.curves.diagnose` on each seed's curves.", ""]
     if results["contributions"]:
         out += ["## Marginal contributions (row minus its parent)", "",
                 format_contributions(results),
                 "± is the std of the per-seed paired differences (same seed: same batch order and "
-                "init key). \"Beyond seed spread\": |Δ mean| > std(row) + std(parent) "
-                "(`analysis.seeds.is_significant`).", ""]
+                "init key). The intervals are 95 % intervals of the mean paired difference: "
+                "Student's paired t, and the percentile bootstrap over seeds (exact: every "
+                "resample of the seeds enumerated; it cannot reach beyond the observed "
+                "differences, so with 3 seeds it is narrower than the t interval). p: the paired "
+                "t-test's two-sided p-value, Holm-adjusted over this table. \"Detectable at "
+                "80 %\": the smallest true difference this many seeds detect with power 0.8 at "
+                "level 0.05, from the measured sd of the differences; \"seeds for this Δ\": the "
+                "seeds a true difference equal to the observed one would need "
+                "(`analysis.inference`). \"Beyond seed spread\": the older reading rule "
+                "|Δ mean| > std(row) + std(parent) (`analysis.seeds.is_significant`).", ""]
     out += ["## Per seed", "", "| experiment | " + " | ".join(
         f"seed {x} acc (%) / loss / best epoch / stop" for x in s["seeds"]) + " |",
         "|---|" + "---|" * len(s["seeds"])]
@@ -200,7 +245,7 @@ _HYPOTHESES = {
             "BatchNorm's main practical gain is that it allows larger learning rates (chapter "
             "section 10 / 12.4); at a fixed Adam lr 1e-3 that gain is not used, and He init already "
             "keeps a 2-hidden-layer net well scaled.",
-            "Early stopping on val loss picks the best epoch of both rows; BN's faster convergence "
+            "Early stopping picks the best epoch of both rows; BN's faster convergence "
             "then shows in fewer epochs rather than higher accuracy.",
         ],
         "stronger": ["BatchNorm's batch-statistics noise also regularizes, which adds to its "
@@ -234,14 +279,18 @@ _HYPOTHESES = {
             "Label smoothing mainly changes confidence (calibration), not the argmax: on an easy "
             "task its accuracy effect is within the noise. It typically raises test NLL on "
             "correctly classified images (targets 0.9, not 1) while lowering it on mistakes.",
-            "Early stopping watches val loss (NLL), which with smoothing flattens near its floor "
-            "early: these runs stopped after {epochs_row:.1f} epochs on average vs "
-            "{epochs_parent:.1f} for the parent row, possibly before the accuracy peaked "
-            "(monitoring val/accuracy would test this).",
         ],
         "stronger": ["Smoothing stops logits from growing without bound, which also acts as a "
                      "regularizer on a net that overfits."],
     },
+}
+# Reasons that hold only when early stopping watches the validation NLL.
+_VAL_LOSS_HYPOTHESES = {
+    "label_smoothing": {"weaker": [
+        "Early stopping watches val loss (NLL), which with smoothing flattens near its floor "
+        "early: these runs stopped after {epochs_row:.1f} epochs on average vs "
+        "{epochs_parent:.1f} for the parent row, possibly before the accuracy peaked "
+        "(monitoring val/accuracy would test this)."]},
 }
 _GENERAL_REASONS = [
     "The chapter's numbers come from single runs, without seeds, spreads or the details that move "
@@ -453,7 +502,10 @@ def format_analysis(results: Mapping[str, Any]) -> str:
                    + ("" if a["significant"] else " (within the seed spread)") + ". Possible reasons:")
         numbers = {**hyp, "epochs_row": e["epochs_run"]["mean"],
                    "epochs_parent": exps[c["parent"]]["epochs_run"]["mean"]}
-        for h in _HYPOTHESES.get(c["experiment"], {}).get(direction, []):
+        hypotheses = list(_HYPOTHESES.get(c["experiment"], {}).get(direction, []))
+        if results["config"]["early_stopping"]["monitor"] == "val/loss":
+            hypotheses += _VAL_LOSS_HYPOTHESES.get(c["experiment"], {}).get(direction, [])
+        for h in hypotheses:
             out.append("  - " + h.format(**numbers))
     if flagged:
         out += ["", "In general:"] + ["- " + g.format(p=100 * p, n=ds["num_test"], binom=binom)

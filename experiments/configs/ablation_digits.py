@@ -4,14 +4,21 @@ Run:
   python -m experiments.ablation --config=experiments/configs/ablation_digits.py \
       --workdir=checkpoints/ablation_digits
 
-Expected (rows 1-8 x 3 seeds, 2-core CPU): 257 s wall, measured while other jobs shared the two
-cores (134 s of CPU time; roughly 2.5 min on an idle machine, estimated). Row 1 96.48 +- 0.16%,
-rows 2-7 97.96-98.70% (best: 4 he_bn 98.70 +- 0.16%), row 8 90.74 +- 2.94% (a 2-px shift is a
-quarter of an 8-px digit). 360 test images, so one image is 0.28 pp and most rows differ by less
-than their seed spread. The chapter's expectations are for MNIST and are shown for reference only.
+Expected (rows 1-8 x 3 seeds, 2-core CPU, 2026-12-02): about 55-65 s of wall time while the tests
+ran alongside (43 s on a quiet machine before the changes below). Test accuracy, mean +- std over
+seeds 0-2: row 1 96.02 +- 0.16 %, rows 2-7 97.41-98.61 % (best: 7 label_smoothing 98.61 +-
+0.48 %), row 8 97.78 +- 0.48 %. 360 test images, so one image is 0.28 pp; with 3 seeds no
+contribution survives Holm's correction (results.md gives the paired t and bootstrap intervals).
+The chapter's expectations are for MNIST and are shown for reference only.
 
-30 epochs (not the MNIST study's 50) with patience 5 (not 10): 1150 training images give 8 steps per
-epoch, and most runs are still improving at 15 epochs.
+Two choices made for this small dataset, stated in the report: early stopping watches
+val/accuracy (mode max), not the chapter's val/loss, which label smoothing raises by design (on
+val/loss rows 7-8 stopped at epoch 4 in 2 of 3 seeds); and row 8's shifts scale with the image
+(`augment.scaled_shift`: 2 px per 28 px of side, 0.57 px here; the "2 px" MNIST preset, a
+quarter of an 8-px digit, cost 7.1 pp).
+
+30 epochs (not the MNIST study's 50) with patience 5 (not 10): 1150 training images give 8 steps
+per epoch; on val/accuracy (287 images, 0.35 pp a step) the runs stop after 11-21 epochs.
 """
 
 from experiments.configs import ablation
@@ -27,6 +34,12 @@ def on_digits(cfg):
     cfg.train.num_epochs = 30
     cfg.train.eval_batch_size = 500
     cfg.early_stopping.patience = 5
+    # Stop on validation accuracy, not the chapter's val/loss: label smoothing raises the
+    # validation NLL by design (its targets are 0.91, not 1), so on val/loss rows 7 and 8 stopped
+    # at epoch 4 in 2 of 3 seeds, long before their accuracy peaked. Accuracy is the criterion
+    # that is fair to every row; the report states it.
+    cfg.early_stopping.monitor = "val/accuracy"
+    cfg.early_stopping.mode = "max"
     # A digits run lasts about a second: save only its last epoch (and its best).
     cfg.checkpoint.every = 0
     return cfg

@@ -154,6 +154,36 @@ def test_results_md_and_contributions_are_the_seed_statistics(study):
     assert f"{100 * c['test_accuracy']['mean']:+.2f} ± {100 * c['test_accuracy']['std']:.2f}" in md
 
 
+def test_contributions_carry_intervals_tests_and_power(study):
+    """Each contribution: the paired t interval and p (scipy's ttest_rel on the seeds' test
+    accuracies), the exact bootstrap interval, Holm over the table, the detectable effect."""
+    from scipy import stats
+
+    from ml_practical.analysis import inference
+
+    workdir, results = study["workdir"], study["results"]
+    md = (workdir / "results.md").read_text()
+    [c] = results["contributions"]
+    child = [_summary(workdir, "he_bn", s)["test/accuracy"] for s in (0, 1)]
+    parent = [_summary(workdir, "he", s)["test/accuracy"] for s in (0, 1)]
+    inf = c["test_accuracy"]["inference"]
+    diffs = np.subtract(child, parent)
+    if np.std(diffs) > 0:
+        ref = stats.ttest_rel(child, parent)
+        assert inf["t"]["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        ci = ref.confidence_interval(0.95)
+        assert (inf["t"]["low"], inf["t"]["high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert inf["p_holm"] == pytest.approx(min(1.0, inf["t"]["p"]))  # a one-comparison family
+    boot = inference.bootstrap_ci(diffs)
+    assert (inf["bootstrap"]["low"], inf["bootstrap"]["high"]) == pytest.approx(
+        (boot["low"], boot["high"]))
+    assert inf["bootstrap"]["exact"] and inf["n"] == 2
+    row = next(line for line in md.splitlines() if line.startswith("| 4 | BatchNorm |"))
+    if math.isfinite(float(inf["t"]["low"])):
+        assert f"[{100 * float(inf['t']['low']):+.2f}, {100 * float(inf['t']['high']):+.2f}]" in row
+    assert "Holm" in md and "bootstrap" in md
+
+
 def test_figures_and_analysis_are_written(study):
     workdir, results = study["workdir"], study["results"]
     for png in ("curves.png", "contributions.png"):
