@@ -114,6 +114,16 @@ def _pp(x: float | str) -> str:
     return "-" if not math.isfinite(x) else f"{100 * x:.2f}"
 
 
+def _formal(acc: Mapping[str, Any]) -> str:
+    """"; 95 % CI [a, b] pp (paired t), Holm p = x" for a contribution, "" for older results."""
+    inf = acc.get("inference")
+    if inf is None:
+        return ""
+    verdict = "significant" if float(inf["p_holm"]) <= 0.05 else "not significant"
+    return (f"; 95 % CI {_interval(inf['t']['low'], inf['t']['high'])} pp (paired t), "
+            f"Holm-adjusted p = {_p(inf['p_holm'])}: {verdict} at 0.05")
+
+
 def _monitor(results: Mapping[str, Any]) -> str:
     """The early-stopping metric and direction, e.g. "val/loss (min)"."""
     es = results["config"]["early_stopping"]
@@ -415,8 +425,9 @@ def format_analysis(results: Mapping[str, Any]) -> str:
                 f"{exps[top['parent']]['row']}): {100 * acc['mean']:+.2f} ± "
                 f"{100 * acc['std']:.2f} pp test accuracy ({rel:.0f}% of the parent's errors "
                 f"removed), test loss {top['test_loss']['mean']:+.4f}; "
-                + ("larger than the seed-to-seed spread." if acc["significant"] else
-                   "**not** larger than the seed-to-seed spread, so the ranking is not reliable.")]
+                + ("larger than the seed-to-seed spread" if acc["significant"] else
+                   "**not** larger than the seed-to-seed spread, so the ranking is not reliable")
+                + _formal(acc) + "."]
         loss_top = min(additions, key=lambda c: c["test_loss"]["mean"])
         if loss_top is not top:
             out.append(f"By test loss the largest gain is **{loss_top['change']}** "
@@ -427,7 +438,7 @@ def format_analysis(results: Mapping[str, Any]) -> str:
             a = c["test_accuracy"]
             share = f", {100 * a['mean'] / total:.0f}% of the summed gain" if total > 0 else ""
             out.append(f"{i}. {c['change']}: {100 * a['mean']:+.2f} ± {100 * a['std']:.2f} pp{share}"
-                       + ("" if a["significant"] else " (within the seed spread)"))
+                       + ("" if a["significant"] else " (within the seed spread)") + _formal(a))
         out.append("")
 
     # -- is each difference real? -------------------------------------------------------------------
@@ -435,7 +446,9 @@ def format_analysis(results: Mapping[str, Any]) -> str:
         out += ["## Is each difference larger than the seed-to-seed spread?", "",
                 "Rule (`analysis.seeds.is_significant`): |mean(row) − mean(parent)| > std(row) + "
                 f"std(parent), i.e. the ±1 std error bars do not overlap; with {n_seeds} seeds a "
-                "reading rule, not a formal test.", ""]
+                "reading rule, not a formal test. The formal test follows each line: Student's "
+                "paired t over the seeds, its 95 % interval, and its p-value with Holm's "
+                "correction over every comparison of the table (`analysis.inference`).", ""]
         for c in contribs:
             e, par = exps[c["experiment"]], exps[c["parent"]]
             a = c["test_accuracy"]
@@ -444,7 +457,8 @@ def format_analysis(results: Mapping[str, Any]) -> str:
                        f"{abs(100 * a['mean']):.2f} pp vs spread {spread:.2f} pp -> "
                        + ("**yes**" if a["significant"] else "no")
                        + f"; Δ test loss {c['test_loss']['mean']:+.4f} "
-                       + ("(beyond spread)" if c["test_loss"]["significant"] else "(within spread)"))
+                       + ("(beyond spread)" if c["test_loss"]["significant"] else "(within spread)")
+                       + _formal(a))
         smoothing = next((c for c in contribs if c["experiment"] == "label_smoothing"), None)
         if smoothing is not None and smoothing["test_loss"]["mean"] > 0:
             alpha = exps["label_smoothing"]["overrides"]["train.label_smoothing"]

@@ -182,6 +182,9 @@ def test_contributions_carry_intervals_tests_and_power(study):
     if math.isfinite(float(inf["t"]["low"])):
         assert f"[{100 * float(inf['t']['low']):+.2f}, {100 * float(inf['t']['high']):+.2f}]" in row
     assert "Holm" in md and "bootstrap" in md
+    # analysis.md states the formal test next to the reading rule, with the same numbers.
+    analysis = (workdir / "analysis.md").read_text()
+    assert f"Holm-adjusted p = {report._p(inf['p_holm'])}" in analysis
 
 
 def test_figures_and_analysis_are_written(study):
@@ -403,7 +406,7 @@ def test_analysis_flags_disagreements_with_the_chapter():
     gain = 0.01 ** 3 * math.sqrt(784 * 512 / 2 * 256 / 2)  # widths from the MNIST base
     assert f"{gain:.3g} through 3 small-init layers" in text
     # He lowers accuracy by 1.07 pp beyond the spread: ranked last among the additions.
-    assert "1. Xavier init: +0.07" in text and "2. He init: -1.07 ± 0.15 pp\n" in text
+    assert "1. Xavier init: +0.07" in text and "2. He init: -1.07 ± 0.15 pp; 95 % CI" in text
     assert "Xavier's activations are 0.64× He's" in text
     assert "> The chapter's expectations are for MNIST" not in text  # this is MNIST
     md = report.format_results(results)
