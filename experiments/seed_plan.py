@@ -33,24 +33,17 @@ def plan(results: dict, delta: float, *, power: float = 0.8, alpha: float = 0.05
     rows = []
     for c in results.get("contributions", []):
         d = [float(x) for x in c["test_accuracy"]["paired_differences"]]
-        t = inference.paired_t(d) if d else None
-        n = len(d)
-        sd = t["sd"] if t and n >= 2 else math.nan
-
-        def need(effect, sd=sd):
-            if not math.isfinite(sd) or effect == 0:
-                return None
-            try:
-                return inference.seeds_needed(effect, sd, alpha, power, max_seeds=MAX_SEEDS)
-            except ValueError:
-                return math.inf
-
-        rows.append({"experiment": c["experiment"], "parent": c["parent"], "n": n,
-                     "mean": t["mean"] if t else math.nan, "sd": sd,
-                     "mde": (inference.minimum_detectable_effect(sd, n, alpha, power)
-                             if math.isfinite(sd) else math.inf),
-                     "seeds_for_delta": need(delta),
-                     "seeds_for_observed": need(t["mean"]) if t else None})
+        if not d:  # no seed in common: nothing to plan from
+            rows.append({"experiment": c["experiment"], "parent": c["parent"], "n": 0,
+                         "mean": math.nan, "sd": math.nan, "mde": math.inf,
+                         "seeds_for_delta": None, "seeds_for_observed": None})
+            continue
+        comp = inference.compare(d, alpha=alpha, target_power=power, max_seeds=MAX_SEEDS)
+        sd = comp["t"]["sd"]
+        rows.append({"experiment": c["experiment"], "parent": c["parent"], "n": comp["n"],
+                     "mean": comp["mean"], "sd": sd, "mde": comp["mde"],
+                     "seeds_for_delta": inference.seeds_for(delta, sd, alpha, power, MAX_SEEDS),
+                     "seeds_for_observed": comp["seeds_for_observed"]})
     return rows
 
 

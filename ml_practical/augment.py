@@ -240,12 +240,23 @@ def rotate_images(images: Array, degrees: Array, fill: str = "min") -> Array:
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy,
                         jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
-    mode = "nearest" if fill == "edge" else "constant"
 
-    def rotate_one(image, angle):  # (H, W, C), ()
+    def source(angle):  # () -> the input coordinates each output pixel samples
         t = jnp.deg2rad(angle.astype(jnp.float32))
         cos, sin = jnp.cos(t), jnp.sin(t)
-        src = [cy + x * sin + y * cos, cx + x * cos - y * sin]
+        return [cy + x * sin + y * cos, cx + x * cos - y * sin]
+
+    return _resample(images, degrees, source, fill)
+
+
+def _resample(images: Array, params: Array, source: Callable, fill: str) -> Array:
+    """Bilinear resampling of each image at `source(params[i])` (a [rows, cols] pair of (H, W)
+    coordinate arrays), uncovered pixels filled per `fill` ("min" or "edge"): the core of
+    `rotate_images` and `translate_images`."""
+    mode = "nearest" if fill == "edge" else "constant"
+
+    def one(image, p):  # (H, W, C), one image's parameters
+        src = source(p)
 
         def channel(plane):
             return ndimage.map_coordinates(plane, src, order=1, mode=mode, cval=0.0)
@@ -253,10 +264,10 @@ def rotate_images(images: Array, degrees: Array, fill: str = "min") -> Array:
         return jax.vmap(channel, in_axes=2, out_axes=2)(image)
 
     # map_coordinates wants a static cval, and the background is data. Bilinear weights sum to 1,
-    # so rotating (x - bg) with cval 0 and adding bg back is the same as rotating x with cval bg.
+    # so resampling (x - bg) with cval 0 and adding bg back is the same as resampling x with cval bg.
     background = _background(images)
-    rotated = jax.vmap(rotate_one)((images - background).astype(jnp.float32), degrees)
-    return (rotated + background).astype(images.dtype)
+    out = jax.vmap(one)((images - background).astype(jnp.float32), params)
+    return (out + background).astype(images.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("max_degrees", "fill"))
@@ -305,19 +316,8 @@ def translate_images(images: Array, shifts: Array, fill: str = "min") -> Array:
         raise ValueError(f"shifts: expected shape ({n}, 2); got {tuple(shifts.shape)}")
     y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                         indexing="ij")
-    mode = "nearest" if fill == "edge" else "constant"
-
-    def translate_one(image, shift):
-        src = [y - shift[0], x - shift[1]]
-        return jax.vmap(lambda plane: ndimage.map_coordinates(plane, src, order=1, mode=mode,
-                                                              cval=0.0),
-                        in_axes=2, out_axes=2)(image)
-
-    # As in rotate_images: resample (x - bg) with cval 0 and add bg back.
-    background = _background(images)
-    moved = jax.vmap(translate_one)((images - background).astype(jnp.float32),
-                                    shifts.astype(jnp.float32))
-    return (moved + background).astype(images.dtype)
+    return _resample(images, shifts.astype(jnp.float32),
+                     lambda shift: [y - shift[0], x - shift[1]], fill)
 
 
 # The presets' shift, stated for MNIST: up to 2 pixels of a 28-pixel side.
@@ -553,8 +553,6 @@ def compose(*fns: Augment) -> Augment:
         return images
 
     return composed
-
-
 
 
 def _flip_crop(norm_stats) -> Augment:

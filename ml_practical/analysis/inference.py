@@ -193,6 +193,18 @@ def seeds_needed(delta: float, sd: float, alpha: float = 0.05, target_power: flo
     raise ValueError(f"delta {delta} with sd {sd}: more than {max_seeds} seeds needed")
 
 
+def seeds_for(delta: float, sd: float, alpha: float = 0.05, target_power: float = 0.8,
+              max_seeds: int = 1000) -> int | float | None:
+    """`seeds_needed` for a report cell: None when undefined (delta 0, or sd unknown: NaN), inf
+    when more than `max_seeds` would be needed."""
+    if delta == 0 or not math.isfinite(sd):
+        return None
+    try:
+        return seeds_needed(delta, sd, alpha, target_power, max_seeds=max_seeds)
+    except ValueError:
+        return math.inf
+
+
 def compare(differences: Sequence[float], *, level: float = 0.95, alpha: float = 0.05,
             target_power: float = 0.8, max_seeds: int = 1000) -> dict[str, object]:
     """Everything a report states about one paired comparison of per-seed differences.
@@ -207,13 +219,7 @@ def compare(differences: Sequence[float], *, level: float = 0.95, alpha: float =
     t = paired_t(differences, level)
     n, mean, sd = t["n"], t["mean"], t["sd"]
     known = n >= 2 and math.isfinite(sd)
-    seeds = None
-    if known and mean != 0:
-        try:
-            seeds = seeds_needed(mean, sd, alpha, target_power, max_seeds=max_seeds)
-        except ValueError:
-            seeds = math.inf
     return {"n": n, "mean": mean, "t": t, "bootstrap": bootstrap_ci(differences, level),
             "mde": minimum_detectable_effect(sd, n, alpha, target_power) if known else math.inf,
-            "seeds_for_observed": seeds, "level": level, "alpha": alpha,
-            "target_power": target_power}
+            "seeds_for_observed": seeds_for(mean, sd, alpha, target_power, max_seeds),
+            "level": level, "alpha": alpha, "target_power": target_power}

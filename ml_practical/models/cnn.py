@@ -161,10 +161,11 @@ class CNN(nn.Module):
                     x = self._norm(j)(x, train=train)
                 layer.sow("intermediates", "act", x)
                 j += 1
-            if self.pool == "max" and s < len(self.widths) - 1:
-                x = max_pool_2x2(x)
-            elif self.pool == "avg" and s < len(self.widths) - 1:
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            if s < len(self.widths) - 1:  # between stages ("none": the next conv strides)
+                if self.pool == "max":
+                    x = max_pool_2x2(x)
+                elif self.pool == "avg":
+                    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = jnp.mean(x, axis=(1, 2))
         if self.drop_rate > 0.0:
             x = layers.Dropout(self.drop_rate, sampler=self.dropout_sampler,
