@@ -130,3 +130,31 @@ def test_seed_planner_reads_a_results_json(tmp_path, capsys):
     assert seed_plan.main([str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.json" in err
+
+
+def test_compare_family_holm_and_decisions_match_scipy():
+    rng = np.random.default_rng(3)
+    diffs = {"big": 0.02 + 0.002 * rng.standard_normal(4), "null": 0.01 * rng.standard_normal(4),
+             "mid": 0.004 + 0.003 * rng.standard_normal(4), "none": []}
+    fam = inference.compare_family(diffs)
+    ps = [stats.ttest_1samp(diffs[k], 0.0).pvalue for k in ("big", "null", "mid")]
+    # Holm by hand: sort, multiply by (m - rank), running max, cap at 1.
+    order = np.argsort(ps)
+    adj = np.empty(3)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * ps[i]))
+        adj[i] = running
+    for k, a in zip(("big", "null", "mid"), adj):
+        assert fam[k]["p_holm"] == pytest.approx(a, rel=1e-12)
+        assert fam[k]["decision"] == ("differs" if a <= 0.05 else "undecided")
+    assert fam["none"] == {"n": 0}
+    assert fam["big"]["decision"] == "differs"
+
+
+def test_decide_equivalence_margin_uses_the_interval():
+    comp = inference.compare([0.001, -0.001, 0.0005, -0.0005])
+    half = comp["t"]["half_width"]
+    assert inference.decide(comp) == "undecided"
+    assert inference.decide(comp, margin=half * 1.01) == "equivalent"
+    assert inference.decide(comp, margin=half * 0.99) == "undecided"

@@ -140,21 +140,47 @@ def run_study(cfg: config_lib.Config, workdir, dataset: data_lib.Dataset | None 
     """
     say = log or (lambda _: None)
     t_study = time.time()
-    workdir = pathlib.Path(workdir)
     study = cfg.study
     names = select_experiments(study.only)
-    seeds = seed_list(study)
-    seed_mode = multiseed.resolve_seed_mode(study.seed_mode)
     check_shared_data(cfg, names)
     if dataset is None:
         dataset = data_lib.load_dataset(cfg.data)
     steps_per_epoch = len(dataset.train_y) // cfg.train.batch_size
+    seed_mode = multiseed.resolve_seed_mode(study.seed_mode)
+    runs, interrupted = train_rows(cfg, workdir, names, seed_list(study), dataset,
+                                   seed_mode=seed_mode, log=say)
+    results = collect(cfg, runs, dataset_info=dataset.info(),
+                      wall_time_s=time.time() - t_study, command=command, complete=not interrupted,
+                      steps_per_epoch=steps_per_epoch, seed_mode=seed_mode,
+                      model=_model_shapes(cfg, dataset))
+    report.write_reports(results, workdir)
+    return results
 
+
+def train_rows(cfg: config_lib.Config, workdir, names: Sequence[str], seeds: Sequence[int],
+               dataset: data_lib.Dataset, *, seed_mode: str = "sequential",
+               table: Mapping[str, Row] = EXPERIMENTS,
+               log: Callable[[str], None] | None = None
+               ) -> tuple[dict[str, list[dict[str, Any]]], bool]:
+    """Trains (or reuses) every row of `names` x `seeds` in <workdir>/runs/<row>/seed_<seed>.
+
+    A run that finished with the same config is read back, not retrained; an interrupted one is
+    resumed. With `seed_mode` "vmap" a row's unfinished seeds without checkpoints train as one
+    vmapped program (`loop.fit_seeds`).
+
+    Returns:
+      ({row: [per-seed record, in `seeds` order]}, interrupted): on a signal the rows stop at the
+      run in flight and `interrupted` is True.
+    """
+    say = log or (lambda _: None)
+    workdir = pathlib.Path(workdir)
+    steps_per_epoch = len(dataset.train_y) // cfg.train.batch_size
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     interrupted = False
     total, i = len(names) * len(seeds), 0
     for name in names:
-        run_cfgs = {seed: experiment_config(cfg, name, seed, steps_per_epoch=steps_per_epoch)
+        run_cfgs = {seed: experiment_config(cfg, name, seed, steps_per_epoch=steps_per_epoch,
+                                            table=table)
                     for seed in seeds}
         done = {seed: finished_run(run_dir(workdir, name, seed), run_cfgs[seed]) for seed in seeds}
         status = {seed: "done earlier" for seed in seeds}
@@ -187,13 +213,7 @@ def run_study(cfg: config_lib.Config, workdir, dataset: data_lib.Dataset | None 
         if interrupted:
             say("Interrupted: the report covers the finished runs; rerun the same command to resume.")
             break
-
-    results = collect(cfg, runs, dataset_info=dataset.info(),
-                      wall_time_s=time.time() - t_study, command=command, complete=not interrupted,
-                      steps_per_epoch=steps_per_epoch, seed_mode=seed_mode,
-                      model=_model_shapes(cfg, dataset))
-    report.write_reports(results, workdir)
-    return results
+    return runs, interrupted
 
 
 def _model_shapes(cfg: config_lib.Config, dataset: data_lib.Dataset) -> dict[str, Any]:

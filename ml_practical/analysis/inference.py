@@ -24,7 +24,7 @@ Everything is float64 numpy and scipy; nothing here draws from an unseeded gener
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -223,3 +223,46 @@ def compare(differences: Sequence[float], *, level: float = 0.95, alpha: float =
             "mde": minimum_detectable_effect(sd, n, alpha, target_power) if known else math.inf,
             "seeds_for_observed": seeds_for(mean, sd, alpha, target_power, max_seeds),
             "level": level, "alpha": alpha, "target_power": target_power}
+
+
+def compare_family(differences: Mapping[str, Sequence[float]], *, level: float = 0.95,
+                   alpha: float = 0.05, target_power: float = 0.8,
+                   max_seeds: int = 1000) -> dict[str, dict[str, object]]:
+    """`compare` for every comparison of one table, with Holm's adjustment over the table.
+
+    Args:
+      differences: comparison name -> its per-seed paired differences (the family: every
+        comparison a report states). A comparison with no common seed maps to an empty sequence
+        and gets no entry in the result beyond {"n": 0}.
+
+    Returns:
+      name -> `compare`'s dict plus "p_holm" (Holm-adjusted over the comparisons that have one)
+      and "decision" (`decide` at `alpha`), in the input order.
+    """
+    out: dict[str, dict[str, object]] = {}
+    for name, d in differences.items():
+        out[name] = (compare(d, level=level, alpha=alpha, target_power=target_power,
+                             max_seeds=max_seeds) if len(d) else {"n": 0})
+    named = [k for k, v in out.items() if v["n"]]
+    for k, p in zip(named, holm([out[k]["t"]["p"] for k in named])):
+        out[k]["p_holm"] = float(p)
+        out[k]["decision"] = decide(out[k], alpha=alpha)
+    return out
+
+
+def decide(comparison: Mapping[str, object], *, alpha: float = 0.05,
+           margin: float | None = None) -> str:
+    """Classify one comparison of `compare_family`: "differs", "equivalent" or "undecided".
+
+    "differs": its Holm-adjusted p-value is at most `alpha` (the unadjusted p when the comparison
+    stands alone). "equivalent": `margin` is given and the comparison's paired-t interval (at its
+    `level`, 95 % by default) lies inside [-margin, +margin]: Schuirmann's two one-sided tests at
+    (1 - level) / 2 each. Otherwise "undecided": more seeds could change the answer.
+    """
+    t = comparison["t"]
+    p = comparison.get("p_holm", t["p"])
+    if float(p) <= alpha:
+        return "differs"
+    if margin is not None and -margin <= float(t["low"]) and float(t["high"]) <= margin:
+        return "equivalent"
+    return "undecided"
