@@ -28,6 +28,7 @@ results.md, curves.png, contributions.png and analysis.md.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import platform
 import time
@@ -149,12 +150,101 @@ def run_study(cfg: config_lib.Config, workdir, dataset: data_lib.Dataset | None 
     seed_mode = multiseed.resolve_seed_mode(study.seed_mode)
     runs, interrupted = train_rows(cfg, workdir, names, seed_list(study), dataset,
                                    seed_mode=seed_mode, log=say)
+    adaptive = None
+    if adaptive_on(study) and not interrupted:
+        runs, interrupted, adaptive = add_seeds(cfg, workdir, names, runs, dataset,
+                                                seed_mode=seed_mode, log=say)
     results = collect(cfg, runs, dataset_info=dataset.info(),
                       wall_time_s=time.time() - t_study, command=command, complete=not interrupted,
                       steps_per_epoch=steps_per_epoch, seed_mode=seed_mode,
-                      model=_model_shapes(cfg, dataset))
+                      model=_model_shapes(cfg, dataset), adaptive=adaptive)
     report.write_reports(results, workdir)
     return results
+
+
+def adaptive_on(study: AblationStudy) -> bool:
+    return study.max_seeds > study.seeds
+
+
+def adaptive_alpha(study: AblationStudy, alpha: float = 0.05) -> tuple[float, int]:
+    """(the level of each look's decision, the most looks the design can take).
+
+    Adding seeds until a test rejects ("optional stopping") inflates the false-positive rate of
+    a fixed-n test. Each look here is a Holm-adjusted test at alpha / K, K being the most looks
+    possible (the first `seeds`, then one per `seed_step` up to `max_seeds`): by Bonferroni over
+    the looks the family-wise error over the whole adaptive design stays <= alpha. Conservative
+    (an alpha-spending rule such as O'Brien-Fleming would spend less early), but exact to state.
+    """
+    looks = 1 + math.ceil(max(0, study.max_seeds - study.seeds) / study.seed_step)
+    return alpha / looks, looks
+
+
+def comparison_family(runs: Mapping[str, list[dict[str, Any]]], names: Sequence[str],
+                      table: Mapping[str, Row] = EXPERIMENTS) -> dict[str, dict[str, Any]]:
+    """`inference.compare_family` of every row against its parent on test accuracy, over the
+    seeds the two have in common (keyed by the row's name)."""
+    diffs = {}
+    for name in names:
+        parent = table[name].parent
+        if parent is None or parent not in names or not runs.get(name) or not runs.get(parent):
+            continue
+        diffs[name] = seed_stats.paired_difference(
+            {r["seed"]: r["test_accuracy"] for r in runs[name]},
+            {r["seed"]: r["test_accuracy"] for r in runs[parent]})["paired_differences"]
+    return inference.compare_family(diffs)
+
+
+def add_seeds(cfg: config_lib.Config, workdir, names: Sequence[str],
+              runs: dict[str, list[dict[str, Any]]], dataset: data_lib.Dataset, *,
+              seed_mode: str = "sequential", table: Mapping[str, Row] = EXPERIMENTS,
+              log: Callable[[str], None] | None = None
+              ) -> tuple[dict[str, list[dict[str, Any]]], bool, dict[str, Any]]:
+    """The adaptive mode: more seeds only for the comparisons still undecided, up to a cap.
+
+    At each look every row-vs-parent comparison is classified by `inference.decide` (Holm over
+    the table, at `adaptive_alpha`'s per-look level, with the `margin_pp` equivalence margin);
+    the rows of the undecided ones get the next `seed_step` seeds (seed s is paired across rows
+    as always), until none is undecided or they reach `max_seeds`.
+
+    Returns:
+      (runs with the added seeds, interrupted, {"alpha_per_look", "max_looks", "margin",
+       "looks": [{"seeds_per_row", "undecided"}], "final": {row: decision}}).
+    """
+    say = log or (lambda _: None)
+    study = cfg.study
+    alpha, max_looks = adaptive_alpha(study)
+    margin = study.margin_pp / 100.0 or None
+    runs = {k: list(v) for k, v in runs.items()}
+    looks, interrupted = [], False
+
+    def decisions():
+        fam = comparison_family(runs, names, table)
+        return {k: inference.decide(v, alpha=alpha, margin=margin) for k, v in fam.items()}
+
+    while True:
+        decided = decisions()
+        undecided = [k for k, d in decided.items() if d == "undecided"]
+        looks.append({"seeds_per_row": {k: len(v) for k, v in runs.items()},
+                      "undecided": undecided})
+        grow = [n for n in names if any(n in (u, table[u].parent) for u in undecided)
+                and len(runs[n]) < study.max_seeds]
+        if not grow:
+            break
+        for name in grow:
+            have = {r["seed"] for r in runs[name]}
+            start = max(have) + 1 if have else 0
+            new = list(range(start, min(start + study.seed_step, study.max_seeds)))
+            say(f"adaptive: {name} gets seeds {new} ({', '.join(undecided)} undecided at "
+                f"alpha {alpha:.4f} per look)")
+            more, interrupted = train_rows(cfg, workdir, [name], new, dataset,
+                                           seed_mode=seed_mode, table=table, log=say)
+            runs[name] += more[name]
+            if interrupted:
+                break
+        if interrupted:
+            break
+    return runs, interrupted, {"alpha_per_look": alpha, "max_looks": max_looks,
+                               "margin": margin, "looks": looks, "final": decisions()}
 
 
 def train_rows(cfg: config_lib.Config, workdir, names: Sequence[str], seeds: Sequence[int],
@@ -273,7 +363,8 @@ def collect(cfg: config_lib.Config, runs: Mapping[str, list[dict[str, Any]]], *,
             dataset_info: Mapping[str, Any], wall_time_s: float, command: str | None = None,
             complete: bool = True, steps_per_epoch: int | None = None,
             seed_mode: str | None = None, model: Mapping[str, Any] | None = None,
-            table: Mapping[str, Row] = EXPERIMENTS) -> dict[str, Any]:
+            table: Mapping[str, Row] = EXPERIMENTS,
+            adaptive: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Builds the results dict (results.json) from per-run records; experiments without runs drop out.
 
     Args:
@@ -283,6 +374,7 @@ def collect(cfg: config_lib.Config, runs: Mapping[str, list[dict[str, Any]]], *,
       wall_time_s: this invocation's wall time.
       seed_mode: how this invocation ran the seeds ("sequential" | "vmap"; "auto" resolved).
       model: the base model's description and kernel shapes (`_model_shapes`).
+      adaptive: the adaptive mode's record (`add_seeds`), None when it was off.
 
     Returns:
       {"study": ..., "config": ..., "versions": ..., "experiments": {name: ...},
@@ -328,17 +420,17 @@ def collect(cfg: config_lib.Config, runs: Mapping[str, list[dict[str, Any]]], *,
         })
     # Confidence intervals, tests and power of each accuracy comparison, and Holm's adjustment
     # over the table (the family: every contribution the study reports).
+    family = inference.compare_family(
+        {c["experiment"]: c["test_accuracy"]["paired_differences"] for c in contributions})
     for c in contributions:
-        c["test_accuracy"]["inference"] = inference.compare(
-            c["test_accuracy"]["paired_differences"])
-    p_holm = inference.holm([c["test_accuracy"]["inference"]["t"]["p"] for c in contributions])
-    for c, p in zip(contributions, p_holm):
-        c["test_accuracy"]["inference"]["p_holm"] = float(p)
+        c["test_accuracy"]["inference"] = family[c["experiment"]]
     return run_files.to_jsonable({
         "study": {
             "dataset": dict(dataset_info),
             "model": dict(model or {}),
             "seeds": seed_list(cfg.study),
+            "seeds_per_experiment": {k: [r["seed"] for r in v] for k, v in runs.items() if v},
+            "adaptive": dict(adaptive) if adaptive else None,
             "experiments": list(experiments),
             "complete": complete,
             "wall_time_s": wall_time_s,

@@ -54,12 +54,22 @@ class AblationStudy(Section):
       only: comma-separated experiment names; "" = rows 1-8; "all" = every row.
       seed_mode: "sequential" (one `loop.fit` per seed: checkpoints, resume), "vmap" (a row's
         unfinished seeds as one vmapped program, `loop.fit_seeds`), "auto" (vmap on GPU/TPU).
+      max_seeds: the adaptive mode's cap (0 or <= seeds: off). After the first `seeds`, every
+        comparison still "undecided" (`analysis.inference.decide` at the per-look level, see
+        `main.adaptive_alpha`) gets `seed_step` more seeds for both of its rows, and so on, until
+        every comparison is decided or its rows reach `max_seeds`.
+      seed_step: seeds added per look in the adaptive mode.
+      margin_pp: the adaptive mode's equivalence margin in percentage points of test accuracy: a
+        comparison whose 95 % CI lies inside +-margin_pp is decided "equivalent" (0: never).
     """
 
     section: ClassVar[str] = ""
     seeds: int = field(ge=1)
     only: str
     seed_mode: str = field(choices=SEED_MODES)
+    max_seeds: int = field(ge=0, default=0)
+    seed_step: int = field(ge=1, default=2)
+    margin_pp: float = field(ge=0.0, default=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,10 +12,15 @@ Run:
 
 Expected: see the README's results table (measured, with its command and wall time).
 
-The study-level fields are `seeds`, `only` and `seed_mode`; every other field is the base training config that
-each row overrides: the chapter's setup (784-512-256-10 ReLU MLP, Adam lr 1e-3, batch 128, up to
-50 epochs, early stopping with patience 10 on val/loss, best weights restored), with every
-technique the rows switch on switched off here. Each run's resolved config is written to
+  Adaptive seeds: --config.max_seeds=10 adds seeds (2 per look, --config.seed_step) only to the
+  comparisons still undecided after the first `seeds`, up to 10 per row; --config.margin_pp=0.1
+  also stops a comparison whose 95 % CI lies inside +-0.1 pp ("equivalent").
+
+The study-level fields are `seeds`, `only`, `seed_mode`, `max_seeds`, `seed_step` and
+`margin_pp`; every other field is the base training config that each row overrides: the chapter's
+setup (784-512-256-10 ReLU MLP, Adam lr 1e-3, batch 128, up to 50 epochs, early stopping with
+patience 10, best weights restored; on val/accuracy, not the chapter's val/loss: see below), with
+every technique the rows switch on switched off here. Each run's resolved config is written to
 <workdir>/runs/<experiment>/seed_<s>/config.json.
 """
 
@@ -39,6 +44,9 @@ def study_config(base):
     # rounding, no checkpoints, an interrupted row restarts), "auto" = vmap on GPU/TPU, sequential
     # on CPU (benchmarks/seeds.py measures the two).
     cfg.seed_mode = "auto"
+    cfg.max_seeds = 0                # adaptive seeds off (rows.AblationStudy documents the mode)
+    cfg.seed_step = 2
+    cfg.margin_pp = 0.0
 
     # The chapter's lab setup. Rows set init, norm, dropout, L2 and label smoothing themselves;
     # the values here are row 1's, so the base config alone is the plainest run.
@@ -50,6 +58,14 @@ def study_config(base):
     cfg.optim.l2 = 0.0
     cfg.train.num_epochs = 50
     cfg.train.label_smoothing = 0.0
+    # Stop on validation accuracy, not the chapter's val/loss: label smoothing raises the
+    # validation NLL by design (its targets are 1 - a + a/K = 0.91, not 1), so a val/loss monitor
+    # stops its rows early or late for a reason that is not their accuracy (on the 8x8 digits rows
+    # 7 and 8 stopped at epoch 4 in 2 of 3 seeds). Accuracy is the criterion fair to every row;
+    # the reports state it. Patience stays the chapter's 10 (MNIST's 5000 validation images move
+    # the accuracy in steps of 0.02 pp).
+    cfg.early_stopping.monitor = "val/accuracy"
+    cfg.early_stopping.mode = "max"
     # Checkpoint every 5 epochs (the best in between waits on the device): a killed run replays at
     # most 4 epochs, bit-identically, and the study saves a fifth of the steps (benchmarks/README).
     cfg.checkpoint.every = 5

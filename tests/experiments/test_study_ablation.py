@@ -402,7 +402,13 @@ def test_analysis_flags_disagreements_with_the_chapter():
     assert "Row 1 (small_init): 98.50 ± 0.10% vs the chapter's ~96.5% (+2.00 pp" in text
     # Xavier's +0.7 pp step is +0.07 here (weaker), so the Adam / shallow-net hypotheses follow,
     # with the input-to-logits gain of the three small-init layers 784-512-256-10.
-    assert "the chapter implies +0.7 pp, we measure +0.07 ± 0.15 pp (within the seed spread)" in text
+    # Decided by the paired-t interval (scipy's t quantile here): [-0.31, +0.45] excludes +0.7.
+    from scipy import stats
+    d = 100 * np.array([0.986 - 0.985, 0.985 - 0.986, 0.986 - 0.984])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert (f"the chapter implies +0.7 pp, we measure +0.07 ± 0.15 pp, 95 % CI "
+            f"[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] pp (paired t, 3 seeds), which "
+            "excludes it") in text
     gain = 0.01 ** 3 * math.sqrt(784 * 512 / 2 * 256 / 2)  # widths from the MNIST base
     assert f"{gain:.3g} through 3 small-init layers" in text
     # He lowers accuracy by 1.07 pp beyond the spread: ranked last among the additions.
@@ -410,4 +416,51 @@ def test_analysis_flags_disagreements_with_the_chapter():
     assert "Xavier's activations are 0.64× He's" in text
     assert "> The chapter's expectations are for MNIST" not in text  # this is MNIST
     md = report.format_results(results)
-    assert "| 3 | he | He init (Xavier output) | 97.50 ± 0.10 | 0.1000 ± 0.0000 | ~97.5 | +0.00 |" in md
+    he = 100 * np.array([0.975, 0.976, 0.974])
+    half = stats.t.ppf(0.975, 2) * he.std(ddof=1) / math.sqrt(3)
+    assert (f"| 3 | he | He init (Xavier output) | 97.50 ± 0.10 | [{he.mean() - half:.2f}, "
+            f"{he.mean() + half:.2f}] | 3 | 0.1000 ± 0.0000 | ~97.5 | +0.00 |") in md
+
+
+def test_adaptive_alpha_spends_alpha_over_the_looks():
+    study = rows.AblationStudy(seeds=3, only="", seed_mode="sequential", max_seeds=10,
+                               seed_step=2)
+    alpha, looks = ablation.adaptive_alpha(study)
+    assert looks == 1 + 4 and alpha == pytest.approx(0.05 / 5)  # looks at 3, 5, 7, 9, 10 seeds
+    assert not ablation.adaptive_on(rows.AblationStudy(seeds=3, only="", seed_mode="vmap",
+                                                       max_seeds=3))
+
+
+def test_adaptive_mode_adds_seeds_only_to_undecided_comparisons(tmp_path):
+    raw = tiny_study_config(seeds=2)
+    raw.max_seeds, raw.seed_step = 4, 1
+    results = ablation.run_study(parse(raw), tmp_path / "a")
+    ad = results["study"]["adaptive"]
+    alpha = ad["alpha_per_look"]
+    assert alpha == pytest.approx(0.05 / 3) and ad["max_looks"] == 3
+    # The first look saw 2 seeds per row; a row grows only while its comparison is undecided,
+    # and never beyond max_seeds.
+    assert ad["looks"][0]["seeds_per_row"] == {"he": 2, "he_bn": 2}
+    for look, nxt in zip(ad["looks"], ad["looks"][1:]):
+        assert look["undecided"] == ["he_bn"]
+        assert nxt["seeds_per_row"]["he_bn"] == look["seeds_per_row"]["he_bn"] + 1
+    seeds = results["study"]["seeds_per_experiment"]
+    assert all(len(v) <= 4 for v in seeds.values()) and seeds["he"] == seeds["he_bn"]
+    # The final decision is `decide` on the paired differences results.json stores.
+    c = results["contributions"][0]
+    d = c["test_accuracy"]["paired_differences"]
+    assert len(d) == len(seeds["he_bn"])
+    from ml_practical.analysis import inference
+    expect = inference.decide(inference.compare_family({"he_bn": d})["he_bn"], alpha=alpha)
+    assert ad["final"] == {"he_bn": expect}
+    if expect == "undecided":
+        assert len(d) == 4
+
+
+def test_adaptive_mode_stops_when_every_comparison_is_decided(tmp_path):
+    raw = tiny_study_config(seeds=2)
+    raw.max_seeds, raw.margin_pp = 6, 100.0  # every CI lies within +-100 pp: equivalent at once
+    results = ablation.run_study(parse(raw), tmp_path / "b")
+    ad = results["study"]["adaptive"]
+    assert len(ad["looks"]) == 1 and ad["final"] == {"he_bn": "equivalent"}
+    assert results["study"]["seeds_per_experiment"] == {"he": [0, 1], "he_bn": [0, 1]}
