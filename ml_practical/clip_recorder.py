@@ -168,10 +168,16 @@ def summarize_records(steps: Mapping[str, Any], *, norm_tau: float | None = None
     Returns:
       {"steps", "clipped_fraction", "cosine_mean", "cosine_min", "element_fraction_mean",
       "raw_norm_median", "raw_norm_max", "raw_max_abs_median", "nonfinite_steps"} (+ would_clip_*).
-      Means, medians and extremes are over the steps whose raw gradient norm is finite.
+      Means, medians and extremes are over the steps whose raw gradient norm is finite and,
+      when `steps` has a "skipped" array (the inline non-finite guard's per-step flag, e.g. from
+      `loop.StepLog`), that the guard applied: on a skipped step the optimizer, hence the clip
+      slot, does not run and its record repeats the last applied step's, so it counts as a
+      non-finite step, not as a measurement.
     """
     raw_norm = np.asarray(steps["raw_norm"], np.float64)
     ok = np.isfinite(raw_norm)
+    if "skipped" in steps:
+        ok &= np.asarray(steps["skipped"]).reshape(ok.shape) == 0
     if not ok.any():
         nan = float("nan")
         return {"steps": int(raw_norm.size), "nonfinite_steps": int(raw_norm.size),

@@ -180,7 +180,8 @@ def check_fields(obj: Any, section: str) -> None:
     declared = hints(type(obj))
     for f in config_fields(type(obj)):
         value = getattr(obj, f.name)
-        coerced = coerce(value, declared.get(f.name, Any), f"{section}.{f.name}", f.metadata)
+        where = f"{section}.{f.name}" if section else f.name  # a study's top-level field
+        coerced = coerce(value, declared.get(f.name, Any), where, f.metadata)
         if coerced is not value:
             object.__setattr__(obj, f.name, coerced)
 

@@ -158,3 +158,12 @@ def test_decide_equivalence_margin_uses_the_interval():
     assert inference.decide(comp) == "undecided"
     assert inference.decide(comp, margin=half * 1.01) == "equivalent"
     assert inference.decide(comp, margin=half * 0.99) == "undecided"
+
+
+def test_identical_differences_have_zero_sd_and_full_power():
+    comp = inference.compare([0.1, 0.1, 0.1])  # 0.1 - mean(0.1s) rounds to ~1e-17 in numpy
+    assert comp["t"]["sd"] == 0.0 and comp["t"]["p"] == 0.0
+    assert comp["seeds_for_observed"] == 2 and comp["mde"] == 0.0
+    # Far in the tail scipy's noncentral t gives NaN; the power there is 1.
+    assert inference.power(1.0, 1e-9, 3) == 1.0
+    assert inference.seeds_needed(1.0, 1e-9) == 2

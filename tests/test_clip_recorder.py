@@ -133,3 +133,20 @@ def test_record_clip_epoch_trains_bit_identically(clip, tau):
     raw = steps["raw_max_abs"] if clip == "value" else steps["raw_norm"]
     np.testing.assert_array_equal(steps["clipped"], (raw > tau).astype(np.float32))
     assert 0 < steps["clipped"].sum() < 8      # the epoch has clipped and unclipped steps
+
+
+def test_summary_counts_guard_skipped_steps_as_nonfinite():
+    # Step 2 was skipped by the non-finite guard: its record repeats step 1's (finite) values.
+    steps = {"raw_norm": np.array([2.0, 3.0, 3.0, np.inf, 0.5]),
+             "raw_max_abs": np.array([0.1, 0.2, 0.2, np.inf, 0.01]),
+             "cosine": np.array([1.0, 0.9, 0.9, np.nan, 0.8]),
+             "clipped": np.array([1, 1, 1, 0, 0]),
+             "element_fraction": np.array([0.1, 0.2, 0.2, 0.0, 0.0]),
+             "skipped": np.array([0, 0, 1, 0, 0])}
+    s = clip_recorder.summarize_records(steps, norm_tau=1.0)
+    assert s["steps"] == 5 and s["nonfinite_steps"] == 2
+    assert s["cosine_mean"] == pytest.approx((1.0 + 0.9 + 0.8) / 3)
+    assert s["clipped_fraction"] == pytest.approx(2 / 3)
+    assert s["would_clip_global_norm"] == pytest.approx(2 / 3)
+    del steps["skipped"]  # without the flag the repeat is (wrongly, but by contract) a measurement
+    assert clip_recorder.summarize_records(steps)["nonfinite_steps"] == 1

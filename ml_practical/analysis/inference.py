@@ -67,7 +67,9 @@ def paired_t(differences: Sequence[float], level: float = 0.95) -> dict[str, flo
     if n < 2:
         return {"n": 1, "mean": mean, "sd": math.nan, "se": math.inf, "t": math.nan, "df": 0,
                 "p": 1.0, "low": -math.inf, "high": math.inf, "half_width": math.inf}
-    sd = float(d.std(ddof=1))
+    # Identical differences have sd 0 exactly; numpy's two-pass std can leave ~1e-17 of rounding,
+    # which would turn p = 0 into 1e-31 and the power calculations into overflow.
+    sd = 0.0 if np.ptp(d) == 0 else float(d.std(ddof=1))
     se = sd / math.sqrt(n)
     df = n - 1
     if se == 0.0:
@@ -151,7 +153,9 @@ def power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
     df = n - 1
     crit = stats.t.ppf(1.0 - alpha / 2.0, df)
     nc = abs(delta) * math.sqrt(n) / sd
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    power_ = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    # scipy's noncentral t returns NaN far in the tail (nc in the thousands): power is 1 there.
+    return 1.0 if math.isnan(power_) and nc > crit else power_
 
 
 def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05,
