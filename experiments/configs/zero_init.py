@@ -7,9 +7,15 @@ Run:
   One case: --config.only=constant     Another constant: --config.constant=0.1
 
 Each case (experiments/zero_init/rows.py) trains the chapter's 784-512-256-10 ReLU MLP (no
-normalization, Adam 1e-3, batch 128) for `train.num_epochs` epochs and measures, per hidden layer, the largest difference between two
-units' incoming weights (0 = the units are copies of one unit) and the test accuracy against chance.
-Expected: see the README's "what we found".
+normalization, Adam 1e-3, batch 128) for `train.num_epochs` epochs at each of `seeds` seeds
+(paired: seed s gives every case the same batch order) and measures, per hidden layer, the largest
+difference between two units' incoming weights (0 = the units are copies of one unit) and the test
+accuracy against chance; the report compares each zero / constant case with "he", and dropout
+with the same constant start without it (paired t, Holm over the six comparisons).
+
+Measured (3 seeds, 2 epochs, 218 s on the shared 2-core CPU at load ~10): every zero / constant
+case without dropout keeps bit-identical units and is below he by 72-86 pp (Holm p <= 0.002);
+constant + dropout 0.2 is 71 pp above constant and 0.82 pp [0.34, 1.30] below he (Holm p = 0.018).
 """
 
 from experiments.configs import mnist_mlp
@@ -34,4 +40,5 @@ def get_config():
     # The cases (experiments/zero_init/rows.py) to run, in this order; "" = all of them.
     cfg.only = "zeros,zeros_hidden,constant,constant_hidden,constant_dropout,he"
     cfg.constant = 0.01              # the "constant" initializer's value in the cases
+    cfg.seeds = 3                    # seeds `seed` .. `seed + seeds - 1`, paired across cases
     return cfg

@@ -161,6 +161,27 @@ def penalized_objective(x: np.ndarray, y: np.ndarray, kernel: np.ndarray, bias: 
     return float(0.5 * np.mean(r**2) + l1 * np.sum(np.abs(w)) + 0.5 * l2 * np.sum(w**2))
 
 
+def expected_test_mse(kernel: np.ndarray, bias: float, coef: np.ndarray, noise: float) -> float:
+    """The squared error of z = x.w + b on a new draw of `make_sparse_regression`'s regression
+    data, in closed form: with x ~ N(0, I_d) and y = x.w* + noise * eps independent of x,
+
+        E[(y - x.w - b)^2] = ||w - w*||^2 + b^2 + noise^2
+
+    (the cross terms vanish: x and eps have mean 0 and identity / unit covariance). The held-out
+    error of the fit, without sampling a test set.
+
+    Args:
+      kernel: [d] fitted weights w; bias: fitted b; coef: [d] true w*; noise: the noise std.
+
+    Returns:
+      The expected test MSE as a Python float (float64).
+    """
+    w, w_true = np.asarray(kernel, np.float64), np.asarray(coef, np.float64)
+    if w.shape != w_true.shape:
+        raise ValueError(f"kernel: shape {w.shape}; expected the coefficients' {w_true.shape}")
+    return float(np.sum((w - w_true) ** 2) + float(bias) ** 2 + float(noise) ** 2)
+
+
 def sklearn_fit(x: np.ndarray, y: np.ndarray, *, penalty: str, l1: float = 0.0, l2: float = 0.0,
                 tol: float = 1e-10, max_iter: int = 100_000) -> tuple[np.ndarray, float]:
     """The same regression problem solved by scikit-learn's coordinate descent, for reference.

@@ -21,3 +21,18 @@ CASES = {
     "he": {"model.hidden_init": "he_normal", "model.output_init": "xavier_normal",
            "model.drop_rate": 0.0},
 }
+
+# The comparisons the report states (case, against), each on test accuracy, paired by seed (seed s
+# gives both cases the same batch order and dropout keys, and the reference its init key). Every
+# zero / constant case is compared with the random-init reference: does the symmetric start cost
+# accuracy? And dropout with the same constant start without it: does dropout's per-unit mask
+# break the symmetry enough to train? Holm's adjustment is over these comparisons (the ones whose
+# two cases ran).
+COMPARISONS = (
+    ("zeros", "he"),
+    ("zeros_hidden", "he"),
+    ("constant", "he"),
+    ("constant_hidden", "he"),
+    ("constant_dropout", "he"),
+    ("constant_dropout", "constant"),
+)

@@ -63,7 +63,8 @@ def test_ablation(tmp_path):
 
 def test_signal_propagation(tmp_path):
     run("signal_propagation", "signal_propagation", tmp_path, "--config.depth=3",
-        "--config.deep_depth=4", "--config.width=256", "--config.num_samples=256")
+        "--config.deep_depth=4", "--config.width=256", "--config.num_samples=256",
+        "--config.seeds=2")
     results = _results(tmp_path)
     relu = results["studies"]["relu"]
     # The mean-field factor per layer: He keeps the variance (1), Xavier halves it (1/2).
@@ -75,31 +76,37 @@ def test_signal_propagation(tmp_path):
 
 
 def test_sparsity(tmp_path):
-    run("sparsity", "sparsity", tmp_path, "--config.fit.steps=600")
+    run("sparsity", "sparsity", tmp_path, "--config.fit.steps=600", "--config.seeds=2")
     results = _results(tmp_path)
     pen = results["penalties"]
+    assert [r["seed"] for r in pen["l1_proximal"]["runs"]] == [0, 1]
     # Only the proximal step makes exact zeros; the subgradient leaves every weight non-zero.
-    assert pen["l1_proximal"]["support"]["exact_zeros"] > 50
-    assert pen["l1_subgradient"]["support"]["exact_zeros"] == 0
-    assert pen["l1_proximal"]["support"]["recall"] == 1.0
+    for prox, sub in zip(pen["l1_proximal"]["runs"], pen["l1_subgradient"]["runs"]):
+        assert prox["support"]["exact_zeros"] > 50
+        assert sub["support"]["exact_zeros"] == 0
+        assert prox["support"]["recall"] == 1.0
 
 
 def test_zero_init(tmp_path):
     run("zero_init", "zero_init", tmp_path, *DIGITS, "--config.train.num_epochs=1",
-        "--config.model.widths=(16,)", "--config.only=constant,he")
+        "--config.model.widths=(16,)", "--config.only=constant,he", "--config.seeds=1")
     results = _results(tmp_path)
-    constant, he = results["cases"]["constant"], results["cases"]["he"]
+    [constant], [he] = results["cases"]["constant"]["runs"], results["cases"]["he"]["runs"]
     # Units started equal stay bit-identical (the symmetry catastrophe); random ones do not.
     assert constant["final"]["dense_0"]["spread"] == 0.0
     assert constant["final"]["dense_0"]["distinct_units"] == 1
     assert he["final"]["dense_0"]["distinct_units"] == 16
     assert [e["epoch"] for e in constant["history"]] == [0, 1]
+    # One seed: the comparison is reported, without an interval.
+    [c] = results["comparisons"]
+    assert (c["case"], c["against"], c["inference"]["n"]) == ("constant", "he", 1)
+    assert c["inference"]["decision"] == "undecided"
 
 
 def test_lsuv(tmp_path):
     run("lsuv", "lsuv", tmp_path, *DIGITS, "--config.train.num_epochs=1",
         "--config.model.widths=(32,32,32,32)", "--config.measure_batch_size=200",
-        "--config.lsuv.batch_size=256")
+        "--config.lsuv.batch_size=256", "--config.activations=relu", "--config.seeds=1")
     results = _results(tmp_path)
     [lsuv] = [r for r in results["runs"] if r["init"] == "lsuv"]
     assert all(row["converged"] for row in lsuv["lsuv_report"])
@@ -111,9 +118,10 @@ def test_lsuv(tmp_path):
 def test_clipping(tmp_path):
     run("clipping", "clipping", tmp_path, *DIGITS, "--config.train.num_epochs=1",
         "--config.model.widths=(16,)", "--config.train.batch_size=64",
-        "--config.learning_rates=0.1")
+        "--config.learning_rates=0.1", "--config.seeds=1")
     results = _results(tmp_path)
     runs = {r["clip"]: r for r in results["runs"]}
+    assert len(runs) == len(results["runs"])  # one seed: one run per clip
     assert set(runs) == {"none", "value", "global_norm"}
     # Clipping by global norm keeps the gradient's direction: the cosine is 1 up to rounding.
     assert runs["global_norm"]["summary"]["cosine_min"] > 1 - 1e-5
@@ -124,10 +132,11 @@ def test_clipping(tmp_path):
 def test_mc_dropout(tmp_path):
     run("mc_dropout", "mc_dropout", tmp_path, *DIGITS, "--config.train.num_epochs=15",
         "--config.train.batch_size=64", "--config.model.widths=(32,)",
-        "--config.mc.num_samples=5", "--config.mc.batch_size=100", "--config.mc.time_loop=False")
+        "--config.mc.num_samples=5", "--config.mc.batch_size=100", "--config.mc.time_loop=False",
+        "--config.seeds=1")
     results = _results(tmp_path)
     methods = results["methods"]
     assert set(methods) == {"deterministic", "mc_T5"}
     for m in methods.values():
         assert 0.0 <= m["ece_15bin"] <= 1.0 and 0.5 < m["accuracy"] <= 1.0
-    assert (tmp_path / "train" / "summary.json").exists()
+    assert (tmp_path / "train" / "seed_0" / "summary.json").exists()

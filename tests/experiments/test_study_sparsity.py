@@ -130,3 +130,19 @@ def test_the_penalized_objective_is_the_one_numpy_computes(problem, fits):
     j = sparsity.penalized_objective(problem.x, problem.y, f.kernel, f.bias, l1=L1)
     assert f.objective.shape == (STEPS,) and f.objective.dtype == np.float32
     assert f.objective[-1] == pytest.approx(j, rel=1e-5)
+
+
+def test_expected_test_mse_is_the_error_on_new_data(problem, fits):
+    # The closed form ||w - w*||^2 + b^2 + noise^2 against the mean squared error on 200,000 new
+    # draws of the same problem (x ~ N(0, I), y = x.w* + N(0, 1)); its Monte Carlo sd is about
+    # sqrt(2 / 200000) * MSE, so 1 % is > 20 sd.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200_000, problem.coef.size))
+    y = x @ problem.coef + rng.standard_normal(200_000)
+    for name in ("l2", "l1_proximal"):
+        f = fits[name]
+        closed = sparsity.expected_test_mse(f.kernel, f.bias, problem.coef, noise=1.0)
+        assert closed == pytest.approx(np.mean((y - x @ f.kernel - f.bias) ** 2), rel=0.01)
+    assert sparsity.expected_test_mse(problem.coef, 0.0, problem.coef, noise=1.0) == 1.0
+    with pytest.raises(ValueError, match=r"kernel: shape \(3,\); expected"):
+        sparsity.expected_test_mse(np.zeros(3), 0.0, problem.coef, noise=1.0)

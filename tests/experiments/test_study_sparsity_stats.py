@@ -1,0 +1,111 @@
+"""The sparsity study's paired statistics (issue 14): every comparison of results.json is Student's
+paired t on the per-seed metrics results.json stores (scipy.stats.ttest_rel), Holm's step-down
+procedure over the three metrics' comparisons, and the tables results.md shows; 3 problem seeds,
+600 steps."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import stats_report
+from experiments.sparsity import main as sparsity
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SEEDS = 3
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sparsity")
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.sparsity", "--config=experiments/configs/sparsity.py",
+         f"--workdir={workdir}", "--config.fit.steps=600", f"--config.seeds={SEEDS}",
+         "--config.seed=4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return {"workdir": workdir, "results": json.loads((workdir / "results.json").read_text()),
+            "md": (workdir / "results.md").read_text()}
+
+
+def holm_step_down(p, alpha=0.05):
+    """Holm (1979) as a procedure: reject in sorted order while p_(k) <= alpha / (m - k)."""
+    order = np.argsort(p, kind="stable")
+    rejected = np.zeros(len(p), bool)
+    for k, i in enumerate(order):
+        if p[i] > alpha / (len(p) - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def check_p(p, a, b):
+    """`p` is ttest_rel's p-value for a vs b. Differences without spread: ttest_rel's 0 for a
+    nonzero constant (up to the rounding of their mean, which leaves an sd of ~1e-17), and
+    `inference.paired_t`'s documented 1 for all zeros (where ttest_rel gives NaN)."""
+    d = np.subtract(a, b)
+    if np.ptp(d) == 0 and d[0] == 0:
+        assert p == 1.0
+    elif np.ptp(d) == 0:
+        with warnings.catch_warnings():  # scipy warns that the values are "nearly identical"
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert p < 1e-12 and stats.ttest_rel(a, b).pvalue < 1e-12
+    else:
+        assert p == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+
+
+def _value(run, metric):
+    return run["test_mse"] if metric == "test_mse" else run["support"][metric]
+
+
+def test_comparisons_are_the_paired_t_of_the_stored_metrics(study):
+    results = study["results"]
+    seeds = [4, 5, 6]  # `seed` is the first problem seed
+    assert results["seeds"] == seeds
+    assert [p["seed"] for p in results["problems"]] == seeds
+    pens = results["penalties"]
+    comps = results["comparisons"]
+    assert len(comps) == len(sparsity.METRICS) * len(sparsity.COMPARISONS)
+    for c in comps:
+        assert c["seeds"] == seeds
+        a, b = ([_value(r, c["metric"]) for r in pens[k]["runs"]] for k in (c["penalty"],
+                                                                             c["against"]))
+        np.testing.assert_allclose(c["differences"], np.subtract(a, b), rtol=0, atol=1e-12)
+        check_p(c["inference"]["t"]["p"], a, b)
+
+
+def test_holm_over_the_three_tables(study):
+    comps = study["results"]["comparisons"]
+    p = np.array([c["inference"]["t"]["p"] for c in comps])
+    m = len(p)
+    for i, c in enumerate(comps):
+        smaller = np.sort(p)[: int(np.sum(p <= p[i]))]
+        adjusted = min(1.0, max((m - k) * q for k, q in enumerate(smaller)))
+        assert c["inference"]["p_holm"] == pytest.approx(adjusted, rel=1e-12)
+    assert [c["inference"]["decision"] == "differs" for c in comps] == holm_step_down(p).tolist()
+
+
+def test_results_md_shows_the_tables_and_the_verdicts(study):
+    comps, md = study["results"]["comparisons"], study["md"]
+    for metric, (_, unit, digits) in sparsity.METRICS.items():
+        rows = [(c["penalty"], c["against"], c["inference"]) for c in comps
+                if c["metric"] == metric]
+        assert stats_report.comparison_table(rows, what="penalty", scale=1.0, digits=digits,
+                                             unit=unit) in md
+    for c in comps:
+        _, unit, digits = sparsity.METRICS[c["metric"]]
+        assert stats_report.formal(c["inference"], scale=1.0, digits=digits, unit=unit) in md
+
+
+def test_each_seed_is_its_own_problem_and_run(study):
+    results, workdir = study["results"], study["workdir"]
+    supports = [tuple(p["support"]) for p in results["problems"]]
+    assert len(set(supports)) == SEEDS  # three different random supports
+    for name in sparsity.PENALTY_ORDER:
+        for seed in results["seeds"]:
+            assert (workdir / "runs" / name / f"seed_{seed}" / "summary.json").exists()
