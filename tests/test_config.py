@@ -246,7 +246,13 @@ def test_every_experiment_config_parses():
                "clipping": ClippingStudy, "lsuv": LSUVStudy, "mc_dropout": MCStudy,
                "zero_init": ZeroInitStudy, "mnist_mlp": None, "digits_mlp": None,
                "mnist_cnn": None, "cifar10_resnet20": None, "cifar10_resnet56": None}
-    pure = {"signal_propagation": SignalStudy, "sparsity": SparsityStudy}
+    from experiments.factorial.main import FactorialStudy
+
+    studies.update(dict.fromkeys(("factorial", "factorial_full", "factorial_digits"),
+                                 FactorialStudy))
+    from experiments.audit.main import AuditConfig
+
+    pure = {"signal_propagation": SignalStudy, "sparsity": SparsityStudy, "audit": AuditConfig}
     names = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "experiments" / "configs")
                    .glob("*.py") if p.stem != "__init__")
     assert set(names) == set(studies) | set(pure)

@@ -1,0 +1,1 @@
+"""A fractional factorial design over the chapter's six techniques: order-free attribution."""
