@@ -15,6 +15,7 @@ from scipy import stats
 
 from experiments import stats_report
 from experiments.mc_dropout import main as mc_main
+from tests.stats_checks import holm_step_down, check_p
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEEDS = 3
@@ -38,27 +39,6 @@ def study(tmp_path_factory):
             "md": (workdir / "results.md").read_text()}
 
 
-def holm_step_down(p, alpha=0.05):
-    """Holm (1979) as a procedure: walk the sorted p-values, reject while p_(k) <= alpha / (m - k)."""
-    order = np.argsort(p, kind="stable")
-    rejected = np.zeros(len(p), bool)
-    for k, i in enumerate(order):
-        if p[i] > alpha / (len(p) - k):
-            break
-        rejected[i] = True
-    return rejected
-
-
-def check_p(p, a, b):
-    """`p` is ttest_rel's p-value for a vs b; differences without spread: a nonzero constant
-    gives ~0 (ttest_rel too), all zeros `inference.paired_t`'s documented 1 (ttest_rel: NaN)."""
-    d = np.subtract(a, b)
-    if np.ptp(d) == 0 and d[0] == 0:
-        assert p == 1.0
-    elif np.ptp(d) == 0:
-        assert p < 1e-12 and stats.ttest_rel(a, b).pvalue < 1e-12
-    else:
-        assert p == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
 
 
 def test_the_family_is_every_metric_on_both_sets(study):

@@ -14,6 +14,7 @@ from scipy import stats
 
 from experiments import stats_report
 from experiments.signal_propagation import main as study_main
+from tests.stats_checks import holm_step_down
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEEDS = 3
@@ -33,16 +34,6 @@ def study(tmp_path_factory):
     return {"workdir": workdir, "results": json.loads((workdir / "results.json").read_text()),
             "md": (workdir / "results.md").read_text()}
 
-
-def holm_step_down(p, alpha=0.05):
-    """Holm (1979) as a procedure: walk the sorted p-values, reject while p_(k) <= alpha / (m - k)."""
-    order = np.argsort(p, kind="stable")
-    rejected = np.zeros(len(p), bool)
-    for k, i in enumerate(order):
-        if p[i] > alpha / (len(p) - k):
-            break
-        rejected[i] = True
-    return rejected
 
 
 def test_the_family_is_every_factor_and_every_chapter_value_in_reach(study):

@@ -7,14 +7,13 @@ import json
 import pathlib
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from experiments import stats_report
 from experiments.sparsity import main as sparsity
+from tests.stats_checks import holm_step_down, check_p
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEEDS = 3
@@ -33,30 +32,6 @@ def study(tmp_path_factory):
             "md": (workdir / "results.md").read_text()}
 
 
-def holm_step_down(p, alpha=0.05):
-    """Holm (1979) as a procedure: reject in sorted order while p_(k) <= alpha / (m - k)."""
-    order = np.argsort(p, kind="stable")
-    rejected = np.zeros(len(p), bool)
-    for k, i in enumerate(order):
-        if p[i] > alpha / (len(p) - k):
-            break
-        rejected[i] = True
-    return rejected
-
-
-def check_p(p, a, b):
-    """`p` is ttest_rel's p-value for a vs b. Differences without spread: ttest_rel's 0 for a
-    nonzero constant (up to the rounding of their mean, which leaves an sd of ~1e-17), and
-    `inference.paired_t`'s documented 1 for all zeros (where ttest_rel gives NaN)."""
-    d = np.subtract(a, b)
-    if np.ptp(d) == 0 and d[0] == 0:
-        assert p == 1.0
-    elif np.ptp(d) == 0:
-        with warnings.catch_warnings():  # scipy warns that the values are "nearly identical"
-            warnings.simplefilter("ignore", RuntimeWarning)
-            assert p < 1e-12 and stats.ttest_rel(a, b).pvalue < 1e-12
-    else:
-        assert p == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
 
 
 def _value(run, metric):
