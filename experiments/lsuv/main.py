@@ -262,9 +262,9 @@ def format_comparisons(comps, seeds):
         rows = [(f"{c['arm']}, {c['activation']}", c["against"], c["inference"])
                 for c in comps.values() if c["measure"] == measure]
         if rows:
-            lines += [f"{what[0].upper()}{what[1:]}:", "",
+            lines += [f"## {what[0].upper()}{what[1:]}", "",
                       stats_report.comparison_table(rows, scale=scale, digits=digits, unit=unit)]
-    lines += ["Verdicts:", ""]
+    lines += ["## Verdicts", ""]
     for c in comps.values():
         _, what, scale, digits, unit = MEASURES[c["measure"]]
         inf = c["inference"]
@@ -288,7 +288,8 @@ def format_comparisons(comps, seeds):
                      f"{stats_report.formal(inf, scale, digits, unit)}; {verdict}.")
     claims = chapter_claim(comps)
     if claims:
-        lines += ["", "The chapter's claim, LSUV \"matches or beats both Xavier and He\" (test "
+        lines += ["", "## The chapter's claim", "",
+                  "LSUV \"matches or beats both Xavier and He\" (test "
                   f"accuracy; matches = 95 % CI within ±{100 * MATCH_MARGIN:.1f} pp):", ""]
         lines += [f"- {act}: {verdict}" for act, verdict in claims.items()]
     return "\n".join(lines) + "\n"

@@ -309,9 +309,9 @@ def format_comparisons(results):
     for metric, (what, _, scale, digits, unit, _) in METRICS.items():
         rows = [(f"{c['arm']}, {c['set']}", c["against"], c["inference"])
                 for c in comps.values() if c["metric"] == metric]
-        lines += [f"{what[0].upper()}{what[1:]}:", "",
+        lines += [f"## {what[0].upper()}{what[1:]}", "",
                   stats_report.comparison_table(rows, scale=scale, digits=digits, unit=unit)]
-    lines += ["Verdicts:", ""]
+    lines += ["## Verdicts", ""]
     for c in comps.values():
         what, _, scale, digits, unit, sign = METRICS[c["metric"]]
         inf = c["inference"]
@@ -326,7 +326,8 @@ def format_comparisons(results):
                        f"{stats_report.number(inf['mde'], scale, digits)} {unit} at 80 % power)")
         lines.append(f"- {c['set']}, {what}: {stats_report.formal(inf, scale, digits, unit)}; "
                      f"{verdict}.")
-    lines += ["", "The chapter's \"uncertainty for free\" (claims ledger DROP-10: NLL(MC) <= "
+    lines += ["", "## The chapter's claim", "",
+              "The chapter's \"uncertainty for free\" (claims ledger DROP-10: NLL(MC) <= "
               "NLL(deterministic)):", ""]
     for c in comps.values():
         if c["metric"] != "nll":
