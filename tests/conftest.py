@@ -86,3 +86,15 @@ def fake_mnist(tmp_path):
     write_mnist(d, train_x, train_y, test_x, test_y)
     return types.SimpleNamespace(dir=d, train_x=train_x, train_y=train_y, test_x=test_x,
                                  test_y=test_y)
+
+
+class CallCounter:
+    """Wraps a function and records the positional arguments of every call (for monkeypatching
+    `loop.fit` and friends to count what a study trained)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(args)
+        return self.fn(*args, **kwargs)

@@ -32,3 +32,15 @@ def check_p(p, a, b):
             assert p < 1e-12 and stats.ttest_rel(a, b).pvalue < 1e-12
     else:
         assert p == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+
+
+def check_holm(comps):
+    """Each comparison's stored Holm p is the largest (m - k) p_(k) over the p-values at most its
+    own, capped at 1, and its decision "differs" is exactly the step-down procedure's rejection."""
+    p = np.array([c["inference"]["t"]["p"] for c in comps])
+    m = len(p)
+    for i, c in enumerate(comps):
+        smaller = np.sort(p)[: int(np.sum(p <= p[i]))]
+        adjusted = min(1.0, max((m - k) * q for k, q in enumerate(smaller)))
+        assert c["inference"]["p_holm"] == pytest.approx(adjusted, rel=1e-12)
+    assert [c["inference"]["decision"] == "differs" for c in comps] == holm_step_down(p).tolist()

@@ -17,6 +17,7 @@ from ml_practical import config, loop
 from ml_practical import data as data_lib
 from ml_practical.analysis import curves
 from ml_practical.analysis import seeds as seed_stats
+from tests.conftest import CallCounter
 
 NAMES = ("he", "he_bn")
 
@@ -38,21 +39,12 @@ def tiny_study_config(only=",".join(NAMES), seeds=2):
     return cfg
 
 
-class _Counter:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, *args, **kwargs):
-        self.calls.append(args)
-        return self.fn(*args, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """One 2-experiment x 2-seed study; counts the fits and the dataset loads it made."""
     workdir = tmp_path_factory.mktemp("study")
-    fit = _Counter(loop.fit)
-    load = _Counter(data_lib.load_dataset)
+    fit = CallCounter(loop.fit)
+    load = CallCounter(data_lib.load_dataset)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "fit", fit)
         mp.setattr(data_lib, "load_dataset", load)
@@ -210,7 +202,7 @@ def test_rerun_skips_finished_runs(study, monkeypatch):
     workdir = study["workdir"]
     mtimes = {(n, s): (ablation.run_dir(workdir, n, s) / "summary.json").stat().st_mtime_ns
               for n in NAMES for s in (0, 1)}
-    fit = _Counter(loop.fit)
+    fit = CallCounter(loop.fit)
     monkeypatch.setattr(loop, "fit", fit)
     again = ablation.run_study(parse(tiny_study_config()), workdir)
     assert fit.calls == []
@@ -226,7 +218,7 @@ def test_interrupted_or_changed_runs_are_not_skipped(study, tmp_path, monkeypatc
     path = ablation.run_dir(workdir, "he", 1)
     summary = json.loads((path / "summary.json").read_text())
     (path / "summary.json").write_text(json.dumps({**summary, "stop_reason": "interrupted"}))
-    fit = _Counter(loop.fit)
+    fit = CallCounter(loop.fit)
     monkeypatch.setattr(loop, "fit", fit)
     again = ablation.run_study(parse(tiny_study_config()), workdir)
     # Only the interrupted run is fitted again; it resumes after its last epoch and ends as before.
@@ -258,7 +250,7 @@ def test_vmapped_seeds_give_the_sequential_rows(study, tmp_path, monkeypatch):
     assert cfg.seed_mode == "auto"  # the fixture ran sequentially: "auto" on this CPU
     assert study["results"]["study"]["seed_mode"] == "sequential"
     cfg.seed_mode = "vmap"
-    fit, groups = _Counter(loop.fit), _Counter(loop.fit_seeds)
+    fit, groups = CallCounter(loop.fit), CallCounter(loop.fit_seeds)
     monkeypatch.setattr(loop, "fit", fit)
     monkeypatch.setattr(loop, "fit_seeds", groups)
     results = ablation.run_study(parse(cfg), tmp_path)

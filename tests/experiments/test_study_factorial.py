@@ -20,6 +20,7 @@ from experiments.factorial import factors, main as factorial
 from ml_practical import config, loop
 from ml_practical import data as data_lib
 from ml_practical.analysis import factorial as ff
+from tests.conftest import CallCounter
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -54,21 +55,12 @@ def tiny_config(factors_="bn,dropout", design="full", seeds=2):
     return cfg
 
 
-class _Counter:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, *args, **kwargs):
-        self.calls.append(args)
-        return self.fn(*args, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("factorial")
     cfg = parse(tiny_config())
     start = cli.Start(cfg=cfg, workdir=workdir, command="test")
-    fit = _Counter(loop.fit)
+    fit = CallCounter(loop.fit)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "fit", fit)
         results = factorial.execute(start, dataset=tiny_dataset(), quiet=True)
@@ -187,7 +179,7 @@ def test_reports_hold_the_tables_and_the_figure(study):
 
 
 def test_rerun_reuses_every_run(study, monkeypatch):
-    fit = _Counter(loop.fit)
+    fit = CallCounter(loop.fit)
     monkeypatch.setattr(loop, "fit", fit)
     again = factorial.run_study(parse(tiny_config()), study["workdir"], tiny_dataset())
     assert fit.calls == []

@@ -15,7 +15,7 @@ from scipy import stats
 
 from experiments import stats_report
 from experiments.lsuv import main as lsuv_main
-from tests.stats_checks import holm_step_down, check_p
+from tests.stats_checks import check_holm, check_p
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEEDS = 3
@@ -84,13 +84,7 @@ def test_comparisons_are_the_paired_t_of_the_stored_values(study):
 
 def test_holm_over_the_whole_family(study):
     comps = list(study["results"]["comparisons"].values())
-    p = np.array([c["inference"]["t"]["p"] for c in comps])
-    m = len(p)
-    for i, c in enumerate(comps):
-        smaller = np.sort(p)[: int(np.sum(p <= p[i]))]
-        adjusted = min(1.0, max((m - k) * q for k, q in enumerate(smaller)))
-        assert c["inference"]["p_holm"] == pytest.approx(adjusted, rel=1e-12)
-    assert [c["inference"]["decision"] == "differs" for c in comps] == holm_step_down(p).tolist()
+    check_holm(comps)
 
 
 def test_results_md_shows_the_tables_and_the_verdicts(study):
