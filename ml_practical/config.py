@@ -156,7 +156,13 @@ class TrainConfig(Section):
 
     Attributes:
       num_epochs: the epoch budget.
-      batch_size: global batch (split over the devices; a multiple of their number).
+      batch_size: global batch (split over the devices; a multiple of their number): the
+        examples behind one optimizer step (the gradient batch).
+      grad_accum_steps: gradient accumulation: each step's batch runs as this many micro-batches
+        of batch_size / grad_accum_steps rows, one after the other, and the optimizer gets their
+        mean gradient (`train.train_step`). The micro-batch is what a device holds at once and
+        what BatchNorm normalizes over (unless `model.ghost_batch_size` cuts it finer); the
+        learning-rate schedule and `step` count optimizer steps. 1 = off.
       eval_batch_size: batch of the evaluation scans (likewise).
       task: "classification" (softmax cross entropy, integer labels), "regression" (1/2 squared
         error, real targets) or "binary" (sigmoid cross entropy, 0/1 labels); `ml_practical.tasks`.
@@ -189,6 +195,7 @@ class TrainConfig(Section):
     section: ClassVar[str] = "train"
     num_epochs: int = field(20, ge=1)
     batch_size: int = field(128, ge=1)
+    grad_accum_steps: int = field(1, ge=1)
     eval_batch_size: int = field(1000, ge=1)
     task: str = field("classification", choices=TASKS)
     label_smoothing: float = field(0.0, ge=0, lt=1)
@@ -215,6 +222,9 @@ class TrainConfig(Section):
         if self.batching == "shuffle" and self.steps_per_epoch:
             raise ConfigError(f"train.steps_per_epoch: {self.steps_per_epoch}; with batching "
                               "'shuffle' an epoch is one pass over the data, expected 0")
+        if self.batch_size % self.grad_accum_steps:
+            raise ConfigError(f"train.grad_accum_steps: {self.grad_accum_steps} does not divide "
+                              f"train.batch_size {self.batch_size}; expected a divisor of it")
         if self.label_smoothing and self.task != "classification":
             raise ConfigError(f"train.label_smoothing: {self.label_smoothing}; only the "
                               f"'classification' task smooths labels, not {self.task!r}")

@@ -178,7 +178,8 @@ def program_key(cfg: Config, dataset: data_lib.Dataset, mesh: Mesh, total_steps:
     fill = (augment_lib.raw_zero(dataset.norm_stats).tobytes()
             if t.augment in augment_lib.USES_NORM_STATS else None)
     return (cfg.model, cfg.optim, total_steps, t.task, t.label_smoothing, t.augment, fill,
-            t.skip_nonfinite, t.guard, t.eval_batch_size, t.unroll, placement.placement,
+            t.skip_nonfinite, t.guard, t.eval_batch_size, t.unroll, t.grad_accum_steps,
+            placement.placement,
             placement.chunk_steps, mesh, step_metrics, record_clip, shapes)
 
 
@@ -192,7 +193,8 @@ def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
     make_epoch = functools.partial(train_lib.make_train_epoch, model, tx, task=task,
                                    augment_fn=augment_lib.get(cfg.train.augment, norm_stats),
                                    mesh=mesh, step_metrics=step_metrics,
-                                   unroll=cfg.train.unroll)
+                                   unroll=cfg.train.unroll,
+                                   grad_accum_steps=cfg.train.grad_accum_steps)
     if placement.placement == "device" and cfg.train.unroll:
         # An unrolled epoch-long scan would compile every step: run it in chunks.
         build = lambda **kw: train_lib.in_chunks(make_epoch(**kw), placement.chunk_steps)
@@ -270,6 +272,11 @@ def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
         if value % n_dev:
             raise ValueError(f"train.{name}: {value} does not divide over {n_dev} devices; use "
                              f"a multiple of {n_dev}")
+        k = cfg.train.grad_accum_steps
+        if name == "batch_size" and k > 1 and (value % k or (value // k) % n_dev):
+            raise ValueError(f"train.grad_accum_steps: {k} micro-batches of a batch of {value} "
+                             f"rows; expected micro-batches of a whole number of rows that "
+                             f"divide over {n_dev} devices")
     steps = steps_per_epoch(cfg, len(dataset.train_y))
     total_steps = steps * cfg.train.num_epochs
     placement = input_pipeline.resolve_placement(

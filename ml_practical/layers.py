@@ -263,6 +263,17 @@ class BatchNorm(nn.Module):
       torch_compat: store the unbiased batch variance in the running variance (torch's rule).
       backward: "autodiff" (jax differentiates the forward pass) or "manual" (the chapter's
         backward equations as a `jax.custom_vjp`; reverse mode only).
+      ghost_batch_size: ghost (virtual) batch normalization (Hoffer, Hubara & Soudry 2017,
+        "Train longer, generalize better", section 4): in training, the batch (axis 0) is cut
+        into contiguous ghost batches of this many rows, and each is normalized with its own
+        mu_B, var_B (the formulas above, over a ghost batch and H, W). The running statistics
+        move once per call, towards the mean over ghost batches of their mu_B and var_B (so
+        `momentum` means the same per optimizer step as without ghosts). 0, or a batch of at
+        most this many rows, is ordinary BatchNorm; otherwise the batch must be a multiple of
+        it. Contiguous rows because a batch sharded over a device mesh keeps each device's rows
+        contiguous: ghost_batch_size = per-device batch is the unsynchronized per-device
+        BatchNorm of data-parallel training (`nn.BatchNorm` without axis_name under pmap).
+        Evaluation is unchanged. Not combined with `axis_name` (a ghost batch is local).
       scale_init, bias_init: initializers of gamma and beta.
       dtype: dtype of the output (default: promotion of the input and the params).
       param_dtype: dtype of gamma and beta.
@@ -279,8 +290,16 @@ class BatchNorm(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     backward: str = "autodiff"
+    ghost_batch_size: int = 0
 
     def __post_init__(self):
+        if (not isinstance(self.ghost_batch_size, int) or isinstance(self.ghost_batch_size, bool)
+                or self.ghost_batch_size < 0):
+            raise ValueError(f"BatchNorm.ghost_batch_size: {self.ghost_batch_size!r}; expected an "
+                             "integer >= 0 (0: statistics over the whole batch)")
+        if self.ghost_batch_size and self.axis_name is not None:
+            raise ValueError("BatchNorm.ghost_batch_size: ghost batches are local; expected "
+                             f"axis_name None, got {self.axis_name!r}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"BatchNorm.momentum: {self.momentum!r} is outside [0, 1]; it is the "
                              "weight on the old running statistics (torch's 0.1 is our 0.9)")
@@ -310,7 +329,32 @@ class BatchNorm(nn.Module):
         out_dtype = _output_dtype(self.dtype, x, scale, bias)
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         y = None
-        if train:
+        ghosts = self._num_ghosts(x)
+        if train and ghosts > 1:
+            initializing = self.is_initializing()
+            xg = x32.reshape(ghosts, x.shape[0] // ghosts, *x.shape[1:])
+            if self.backward == "manual":
+                y, g_mean, g_var = jax.vmap(
+                    lambda xi: batch_norm_train(xi, scale, bias, self.epsilon, None))(xg)
+            else:
+                g_mean, g_var = _moments(xg, tuple(range(1, xg.ndim - 1)), keepdims=True)
+                y = _normalize(xg, g_mean, g_var, scale, bias, self.epsilon)
+                g_mean = g_mean.reshape(ghosts, features)
+                g_var = g_var.reshape(ghosts, features)
+            y = y.reshape(x.shape)
+            mean, var = jnp.mean(g_mean, axis=0), jnp.mean(g_var, axis=0)
+            if not initializing:
+                stored_var = var
+                if self.torch_compat:
+                    m = math.prod(xg.shape[1:-1])
+                    if m < 2:
+                        raise ValueError(
+                            "BatchNorm.torch_compat: the unbiased variance needs at least 2 "
+                            f"values per feature; got m={m} per ghost batch")
+                    stored_var = var * (m / (m - 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stored_var
+        elif train:
             # During init the mapped axis may not exist yet, and the stats must stay at 0 / 1.
             initializing = self.is_initializing()
             axis_name = None if initializing else self.axis_name
@@ -337,6 +381,16 @@ class BatchNorm(nn.Module):
         if y is None:
             y = _normalize(x32, mean, var, scale, bias, self.epsilon)
         return y.astype(out_dtype)
+
+    def _num_ghosts(self, x: Array) -> int:
+        """How many ghost batches a training batch `x` is cut into (1: ordinary BatchNorm)."""
+        g, n = self.ghost_batch_size, x.shape[0]
+        if not g or n <= g:
+            return 1
+        if n % g:
+            raise ValueError(f"BatchNorm.ghost_batch_size: {g} does not divide the batch of {n} "
+                             "rows; expected a batch that is a multiple of it")
+        return n // g
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ StepMetrics = Callable[["TrainState", "TrainState", Mapping[str, jax.Array]], Ma
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, task: tasks_lib.Task | None = None,
                augment_fn: Callable | None = None, skip_nonfinite: bool = True,
-               step_metrics: StepMetrics | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               step_metrics: StepMetrics | None = None,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. Pure: the new state and the step's metrics are its only outputs.
 
     Clipping, L2 / weight decay and L1 live in `tx`, never in the loss. With `skip_nonfinite`, a
@@ -82,6 +83,16 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
       skip_nonfinite: the inline guard (above).
       step_metrics: `(old_state, new_state, metrics) -> {name: array}`, extra per-step metrics
         computed inside the compiled step (e.g. `clip_recorder.step_metrics`).
+      grad_accum_steps: k >= 1. With k > 1 the batch of N rows (the gradient batch) is cut into k
+        micro-batches of N/k rows, micro-batch i being rows i, i+k, i+2k, ... (strided, so a
+        batch sharded over devices keeps every device busy in every micro-batch). They run one
+        after the other (a `lax.scan`; the memory of one micro-batch) and the optimizer sees the
+        mean of their gradients: the gradient of the batch's mean objective, up to float32
+        summation order, when nothing in the model couples the rows. BatchNorm does couple them:
+        its statistics are those of a micro-batch (the device batch), and its running statistics
+        move once per micro-batch, in order, as in PyTorch's accumulation loops. Dropout draws
+        key fold_in(step key, i) for micro-batch i; the augmentation runs once on the whole
+        batch, before the cut. The step's loss and accuracy are over all N rows.
 
     Returns:
       (new state, metrics): the task's metrics ("loss", maybe "accuracy"), "objective",
@@ -100,7 +111,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
         return task.objective(logits, batch["label"]), (logits, new_vars)
 
-    (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if grad_accum_steps == 1:
+        (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+    else:
+        objective, logits, new_vars, grads = _accumulated_grads(
+            state, images, batch["label"], model, task, dropout_key, grad_accum_steps)
     grad_norm = optax.tree.norm(grads)
 
     def apply(_):
@@ -138,6 +154,45 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
     return new_state, metrics
 
 
+def _accumulated_grads(state: TrainState, images: jax.Array, labels: jax.Array, model: nn.Module,
+                       task: tasks_lib.Task, dropout_key: jax.Array, k: int):
+    """`train_step`'s gradient over k strided micro-batches (see its `grad_accum_steps`).
+
+    Returns (mean objective, logits in the batch's row order, {"batch_stats": after the last
+    micro-batch}, mean gradient).
+    """
+    n = images.shape[0]
+    if n % k:
+        raise ValueError(f"train.grad_accum_steps: {k} does not divide the batch of {n} rows")
+
+    def cut(a):  # (N, ...) -> (k, N/k, ...), micro-batch i = rows i::k
+        return jnp.swapaxes(a.reshape(n // k, k, *a.shape[1:]), 0, 1)
+
+    def micro(carry, inputs):
+        grad_sum, objective_sum, batch_stats = carry
+        i, x, y = inputs
+
+        def loss_fn(params):
+            logits, new_vars = model.apply(
+                {"params": params, "batch_stats": batch_stats}, x, train=True,
+                rngs={"dropout": jax.random.fold_in(dropout_key, i)}, mutable=["batch_stats"])
+            return task.objective(logits, y), (logits, new_vars)
+
+        (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        carry = (jax.tree.map(jnp.add, grad_sum, grads), objective_sum + objective,
+                 new_vars.get("batch_stats", batch_stats))
+        return carry, logits
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, objective_sum, batch_stats), logits = jax.lax.scan(
+        micro, (zeros, jnp.zeros((), jnp.float32), state.batch_stats),
+        (jnp.arange(k), cut(images), cut(labels)))
+    logits = jnp.swapaxes(logits, 0, 1).reshape(n, *logits.shape[2:])  # back to row order
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    return objective_sum / k, logits, {"batch_stats": batch_stats}, grads
+
+
 def eval_step(params: PyTree, batch_stats: PyTree, batch: Mapping[str, jax.Array], *,
               model: nn.Module, task: tasks_lib.Task | None = None) -> dict[str, jax.Array]:
     """The task's sums (not means) over the valid rows of `batch` (weight 1; padding has 0)."""
@@ -155,15 +210,16 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
                      task: tasks_lib.Task | None = None, augment_fn: Callable | None = None,
                      skip_nonfinite: bool = True, mesh: Mesh | None = None,
                      donate: bool = True, gather: bool = True,
-                     step_metrics: StepMetrics | None = None, unroll: bool = False) -> Callable:
+                     step_metrics: StepMetrics | None = None, unroll: bool = False,
+                     grad_accum_steps: int = 1) -> Callable:
     """Returns `train_epoch(state, images, labels, batch_idx) -> (state, metrics)`, jitted once.
 
     `images`/`labels` are the device-resident training set and `batch_idx` an int32 array of shape
     (num_batches, batch_size); the epoch is one `lax.scan` over its rows. Per-step metrics come back
     as arrays of length num_batches (a few KiB), so the host syncs once per epoch. With `donate`
     the state buffer is donated (the epoch updates it in place); `replay_if_nonfinite` keeps it
-    instead, to be able to replay the epoch. `task`, `augment_fn`, `skip_nonfinite` and
-    `step_metrics` are `train_step`'s.
+    instead, to be able to replay the epoch. `task`, `augment_fn`, `skip_nonfinite`,
+    `step_metrics` and `grad_accum_steps` are `train_step`'s.
 
     With `gather=False` it returns `train_chunk(state, images, labels)` instead, a scan over batches
     already gathered on the host (images (K, batch, ...), labels (K, batch)): the unit of work of
@@ -175,7 +231,8 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     `in_chunks`.
     """
     step = functools.partial(train_step, model=model, tx=tx, task=task, augment_fn=augment_fn,
-                             skip_nonfinite=skip_nonfinite, step_metrics=step_metrics)
+                             skip_nonfinite=skip_nonfinite, step_metrics=step_metrics,
+                             grad_accum_steps=grad_accum_steps)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
     def body(state, batch):

@@ -94,9 +94,10 @@ class CNN(nn.Module):
       pool: "max", "avg" (2x2, stride 2) or "none" (a stride-2 first conv of the next stage).
       activation, norm, norm_position, drop_rate, dropout_sampler, hidden_init, output_init,
         bias_init, use_bias, num_groups, layer_norm_axes, bn_momentum, norm_epsilon,
-        bn_backward: as in `models.mlp.MLP` (norm "instance" is allowed here: images have
+        bn_backward, ghost_batch_size: as in `models.mlp.MLP` (norm "instance" is allowed here: images have
         spatial axes). Dropout acts on the pooled features, before the head.
       conv_backward: the convolutions' gradients, "xla" or "chunked" (`conv2d`).
+      bias_before_bn: keep the conv bias when BatchNorm follows the conv (`models.mlp.MLP`).
 
     Calling: the `ml_practical.models` contract, on images (N, H, W, C). Conv layer j (counted
     over all stages) is `conv_{j}` and sows its pre-activation / activation there.
@@ -121,6 +122,8 @@ class CNN(nn.Module):
     bn_momentum: float = field(0.9, ge=0, le=1)
     norm_epsilon: float = field(1e-5, ge=0)
     bn_backward: str = field("autodiff", choices=layers.BN_BACKWARDS)
+    ghost_batch_size: int = field(0, ge=0)
+    bias_before_bn: bool = False
     conv_backward: str = field("xla", choices=CONV_BACKWARDS)
 
     def __post_init__(self):
@@ -148,7 +151,8 @@ class CNN(nn.Module):
             for c in range(self.convs_per_stage):
                 stride = 2 if (self.pool == "none" and s > 0 and c == 0) else 1
                 # BN right after the conv makes its bias redundant (BN subtracts it again).
-                use_bias = self.use_bias and not (norm_first and self.norm == "batch")
+                use_bias = self.use_bias and (self.bias_before_bn
+                                                or not (norm_first and self.norm == "batch"))
                 layer = conv2d(width, self.kernel_size, stride, name=f"conv_{j}",
                                use_bias=use_bias, kernel_init=hidden_init, bias_init=bias_init,
                                backward=self.conv_backward)
@@ -176,7 +180,8 @@ class CNN(nn.Module):
     def _norm(self, j: int) -> nn.Module:
         return make_norm(self.norm, name=f"norm_{j}", momentum=self.bn_momentum,
                          epsilon=self.norm_epsilon, num_groups=self.num_groups,
-                         layer_norm_axes=self.layer_norm_axes, bn_backward=self.bn_backward)
+                         layer_norm_axes=self.layer_norm_axes, bn_backward=self.bn_backward,
+                         ghost_batch_size=self.ghost_batch_size)
 
     def describe(self, input_shape: tuple[int, ...]) -> str:
         """'CNN 4 x (3x3 conv 32-64, max pool), norm batch before the activation, dropout 0'."""

@@ -51,12 +51,16 @@ class MLP(nn.Module):
         hidden ReLU layers and Xavier for the output.
       bias_init: initializer of the biases (zeros; the chapter's A1 explains why that is safe).
       use_bias: bias on hidden Dense layers. A Dense followed directly by BatchNorm (option A)
-        never gets one, whatever this says, because BN subtracts it again.
+        gets none (BN subtracts it again) unless `bias_before_bn`.
+      bias_before_bn: keep that redundant bias (to measure the chapter's 12.4.5 claim that
+        removing it costs nothing).
       num_groups: groups for norm="group".
       layer_norm_axes: LayerNorm's reduction for norm="layer" (an MLP's "all" equals "features").
       bn_momentum / norm_epsilon: BatchNorm's momentum (chapter convention, 0.9) and the epsilon
         of every norm layer.
       bn_backward: "autodiff" or "manual" (BatchNorm's hand-written backward pass, chapter C1).
+      ghost_batch_size: BatchNorm's statistics over contiguous ghost batches of this many rows
+        in training (`layers.BatchNorm`; 0 = the whole batch).
 
     Calling (the `ml_practical.models` contract): `model.apply(variables, x, train=bool,
     mc_dropout=False)` on inputs (N, ...), flattened. Monte Carlo dropout (Gal & Ghahramani 2016)
@@ -81,6 +85,8 @@ class MLP(nn.Module):
     bn_momentum: float = field(0.9, ge=0, le=1)
     norm_epsilon: float = field(1e-5, ge=0)
     bn_backward: str = field("autodiff", choices=layers.BN_BACKWARDS)
+    ghost_batch_size: int = field(0, ge=0)
+    bias_before_bn: bool = False
 
     def __post_init__(self):
         check_fields(self, "model")
@@ -108,7 +114,8 @@ class MLP(nn.Module):
             # BN right after the Dense makes its bias redundant; LN/GN keep it (they also subtract
             # a mean, but per sample; torch keeps it; we follow the chapter's rule only for
             # BatchNorm, the case it states).
-            use_bias = self.use_bias and not (norm_first and self.norm == "batch")
+            use_bias = self.use_bias and (self.bias_before_bn
+                                                or not (norm_first and self.norm == "batch"))
             dense = nn.Dense(width, use_bias=use_bias, kernel_init=hidden_init,
                              bias_init=bias_init, name=f"dense_{i}")
             x = dense(x)
@@ -128,7 +135,8 @@ class MLP(nn.Module):
     def _norm(self, i: int) -> nn.Module:
         return make_norm(self.norm, name=f"norm_{i}", momentum=self.bn_momentum,
                          epsilon=self.norm_epsilon, num_groups=self.num_groups,
-                         layer_norm_axes=self.layer_norm_axes, bn_backward=self.bn_backward)
+                         layer_norm_axes=self.layer_norm_axes, bn_backward=self.bn_backward,
+                         ghost_batch_size=self.ghost_batch_size)
 
     def describe(self, input_shape: tuple[int, ...]) -> str:
         """'784-512-256-10 relu MLP, norm batch before the activation, dropout 0.2'."""

@@ -28,7 +28,7 @@ LAYER_NORM_AXES = layers.LAYER_NORM_AXES
 def make_norm(kind: str, *, name: str, momentum: float = 0.9, epsilon: float = 1e-5,
               num_groups: int = 8, layer_norm_axes: str = "features",
               bn_backward: str = "autodiff", axis_name: str | None = None,
-              scale_init=None) -> nn.Module | None:
+              scale_init=None, ghost_batch_size: int = 0) -> nn.Module | None:
     """The normalization layer of `kind`, or None for "none".
 
     Args:
@@ -40,6 +40,8 @@ def make_norm(kind: str, *, name: str, momentum: float = 0.9, epsilon: float = 1
       layer_norm_axes: LayerNorm's reduction, "features" or "all".
       bn_backward: BatchNorm's backward pass, "autodiff" or "manual" (the chapter's C1).
       axis_name: BatchNorm's mapped axis for cross-device statistics (None under jit sharding).
+      ghost_batch_size: BatchNorm's ghost batch (`layers.BatchNorm`; 0 = the whole batch); the
+        per-sample kinds ignore it (they have no batch statistics).
       scale_init: initializer of gamma (default ones); zeros gives a residual block whose branch
         starts switched off (`models.resnet`'s "zero_gamma").
 
@@ -54,7 +56,8 @@ def make_norm(kind: str, *, name: str, momentum: float = 0.9, epsilon: float = 1
     extra = {} if scale_init is None else {"scale_init": scale_init}
     if kind == "batch":
         return layers.BatchNorm(momentum=momentum, epsilon=epsilon, backward=bn_backward,
-                                axis_name=axis_name, name=name, **extra)
+                                axis_name=axis_name, ghost_batch_size=ghost_batch_size,
+                                name=name, **extra)
     if kind == "layer":
         return layers.LayerNorm(epsilon=epsilon, axes=layer_norm_axes, name=name, **extra)
     if kind == "group":

@@ -114,6 +114,7 @@ class _Spec:
     bn_momentum: float
     norm_epsilon: float
     bn_backward: str
+    ghost_batch_size: int
     conv_backward: str
     activation: str
     drop_rate: float
@@ -170,7 +171,8 @@ class _Block(nn.Module):
         scale_init = initializers.get("zeros") if (last and net.residual == "zero_gamma") else None
         return make_norm(net.norm, name=name, momentum=net.bn_momentum, epsilon=net.norm_epsilon,
                          num_groups=net.num_groups, layer_norm_axes=net.layer_norm_axes,
-                         bn_backward=net.bn_backward, scale_init=scale_init)
+                         bn_backward=net.bn_backward, scale_init=scale_init,
+                         ghost_batch_size=net.ghost_batch_size)
 
     def _apply_norm(self, x, name, train, *, last=False):
         norm = self._norm(name, last=last)
@@ -292,7 +294,8 @@ class ResNet(nn.Module):
       width_multiplier: channels times this (wide: k, the stem kept at 16).
       shortcut: "A", "B" or "auto".
       residual: "standard", "zero_gamma", "fixup", "skipinit" or "rezero".
-      norm, num_groups, layer_norm_axes, bn_momentum, norm_epsilon, bn_backward: the norm layers
+      norm, num_groups, layer_norm_axes, bn_momentum, norm_epsilon, bn_backward,
+        ghost_batch_size: the norm layers
         (`models.norms.make_norm`); convs get a bias only with norm "none" (and not under Fixup,
         which has its scalar biases instead).
       conv_backward: the convolutions' gradients, "xla" or "chunked" (`models.cnn.conv2d`).
@@ -320,6 +323,7 @@ class ResNet(nn.Module):
     bn_momentum: float = field(0.9, ge=0, le=1)
     norm_epsilon: float = field(1e-5, ge=0)
     bn_backward: str = field("autodiff", choices=layers.BN_BACKWARDS)
+    ghost_batch_size: int = field(0, ge=0)
     conv_backward: str = field("xla", choices=CONV_BACKWARDS)
     activation: str = field("relu", choices=tuple(ACTIVATIONS))
     drop_rate: float = field(0.0, ge=0, lt=1)
@@ -415,7 +419,8 @@ class ResNet(nn.Module):
         if preact:  # the pre-activation blocks leave their sum un-normalized
             norm = make_norm(self.norm, name="final_norm", momentum=self.bn_momentum,
                              epsilon=self.norm_epsilon, num_groups=self.num_groups,
-                             layer_norm_axes=self.layer_norm_axes, bn_backward=self.bn_backward)
+                             layer_norm_axes=self.layer_norm_axes, bn_backward=self.bn_backward,
+                             ghost_batch_size=self.ghost_batch_size)
             if norm is not None:
                 x = norm(x, train=train)
             x = act(x)
@@ -458,7 +463,8 @@ class _Stem(nn.Module):
         if net.variant not in ("preact", "wide"):  # a pre-activation block starts with its norm
             norm = make_norm(net.norm, name="norm", momentum=net.bn_momentum,
                              epsilon=net.norm_epsilon, num_groups=net.num_groups,
-                             layer_norm_axes=net.layer_norm_axes, bn_backward=net.bn_backward)
+                             layer_norm_axes=net.layer_norm_axes, bn_backward=net.bn_backward,
+                             ghost_batch_size=net.ghost_batch_size)
             if norm is not None:
                 x = norm(x, train=train)
             if net.residual == "fixup":
