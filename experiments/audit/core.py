@@ -95,10 +95,18 @@ class Check:
     reason: str = ""
     test: str = ""
     reviewer_wrong: str = ""
+    study_dir: str = ""
+    study_fn: Callable[[Context], Finding] | None = None
 
     def run(self, ctx: Context) -> Finding:
+        """The finding. A quick check with a study (`Registry.superseded_by`) reports the
+        study's finding when <studies>/<study_dir>/results.json exists, and its own proxy
+        otherwise (the proxy stays a test either way)."""
         if self.how == "untestable":
             return Finding("not testable here", "-", "-", note=self.reason)
+        if self.study_fn is not None and ctx.studies is not None \
+                and ctx.results(self.study_dir) is not None:
+            return self.study_fn(ctx)
         return self.fn(ctx)
 
 
@@ -127,6 +135,23 @@ class Registry:
 
     def untestable(self, claim_id: str, reason: str) -> None:
         self._add(Check(claim_id, "untestable", reason=reason))
+
+    def superseded_by(self, claim_id: str, study_dir: str,
+                      fn: Callable[[Context], Finding]) -> None:
+        """A study at the claim's own scale measures what the registered quick check of
+        `claim_id` proxies: the audit reports `fn`'s finding once the study has run."""
+        check = self.checks.get(claim_id)
+        if check is None or check.how != "quick":
+            raise ValueError(f"claim {claim_id}: superseded_by needs a registered quick check")
+        self.checks[claim_id] = dataclasses.replace(check, study_dir=study_dir, study_fn=fn)
+
+    def replace_with_study(self, claim_id: str, fn: Callable[[Context], Finding], *,
+                           test: str = "") -> None:
+        """The claim's check becomes the study check `fn` (a claim that was untestable before
+        the library could run its study)."""
+        if claim_id not in self.checks:
+            raise ValueError(f"claim {claim_id}: not registered")
+        self.checks[claim_id] = Check(claim_id, "study", fn, test=test)
 
 
 def not_run(study_dir: str, command: str, ctx: Context) -> Finding:

@@ -6,6 +6,10 @@ Run:
   python -m experiments.audit --config=experiments/configs/audit.py --workdir=checkpoints/audit \
       --config.audit_md=AUDIT.md
 
+  Update only some rows of it (e.g. after running one study):
+  python -m experiments.audit --config=experiments/configs/audit.py --workdir=checkpoints/audit \
+      --config.audit_md=AUDIT.md --config.only=BN-16 --config.update_rows=true
+
 The quick checks take about a minute on a 2-core CPU; study checks read results.json files.
 """
 
@@ -19,4 +23,7 @@ def get_config():
     cfg.only = ""                    # "" = every claim; or ids / id prefixes: "INIT,BN-05"
     cfg.seed = 0                     # the key of the quick checks' own random draws
     cfg.audit_md = ""                # also write AUDIT.md here (e.g. "AUDIT.md" at the repo root)
+    # True: replace only the rows of the claims checked (with `only`) in the existing audit_md,
+    # keeping every other row as it was measured, and recount the summary.
+    cfg.update_rows = False
     return cfg
