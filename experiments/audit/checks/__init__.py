@@ -8,13 +8,14 @@
   training.py  5. Augmentation, early stopping, label smoothing, clipping (AUG-*, ES-*, LS-*, CLIP-*)
   diagnosis.py 6-7. Bias-variance and diagnosis, end-to-end experiments (BV-*, EXP-*)
   misc.py      8. MCQ answers, case-study numbers, untestable statements (MCQ-*, CASE-*, SOFT-*)
+  cnn_studies.py  the CNN normalization / depth studies supersede or replace some BN-* and EXP-* checks
 """
 
 import importlib
 
 from experiments.audit.core import REGISTRY
 
-MODULES = ("init", "reg", "dropout", "norm", "training", "diagnosis", "misc")
+MODULES = ("init", "reg", "dropout", "norm", "training", "diagnosis", "misc", "cnn_studies")
 for _name in MODULES:
     try:
         importlib.import_module(f"{__name__}.{_name}")
