@@ -63,8 +63,8 @@ StepMetrics = Callable[["TrainState", "TrainState", Mapping[str, jax.Array]], Ma
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, task: tasks_lib.Task | None = None,
                augment_fn: Callable | None = None, skip_nonfinite: bool = True,
-               step_metrics: StepMetrics | None = None,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               step_metrics: StepMetrics | None = None, grad_accum_steps: int = 1,
+               unroll: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. Pure: the new state and the step's metrics are its only outputs.
 
     Clipping, L2 / weight decay and L1 live in `tx`, never in the loss. With `skip_nonfinite`, a
@@ -93,6 +93,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         move once per micro-batch, in order, as in PyTorch's accumulation loops. Dropout draws
         key fold_in(step key, i) for micro-batch i; the augmentation runs once on the whole
         batch, before the cut. The step's loss and accuracy are over all N rows.
+      unroll: unroll the micro-batch scan (`config.TrainConfig.unroll`: XLA:CPU's slow
+        convolutions inside while loops).
 
     Returns:
       (new state, metrics): the task's metrics ("loss", maybe "accuracy"), "objective",
@@ -116,7 +118,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
             state.params)
     else:
         objective, logits, new_vars, grads = _accumulated_grads(
-            state, images, batch["label"], model, task, dropout_key, grad_accum_steps)
+            state, images, batch["label"], model, task, dropout_key, grad_accum_steps, unroll)
     grad_norm = optax.tree.norm(grads)
 
     def apply(_):
@@ -155,7 +157,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
 
 
 def _accumulated_grads(state: TrainState, images: jax.Array, labels: jax.Array, model: nn.Module,
-                       task: tasks_lib.Task, dropout_key: jax.Array, k: int):
+                       task: tasks_lib.Task, dropout_key: jax.Array, k: int, unroll: bool):
     """`train_step`'s gradient over k strided micro-batches (see its `grad_accum_steps`).
 
     Returns (mean objective, logits in the batch's row order, {"batch_stats": after the last
@@ -187,7 +189,7 @@ def _accumulated_grads(state: TrainState, images: jax.Array, labels: jax.Array, 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (grad_sum, objective_sum, batch_stats), logits = jax.lax.scan(
         micro, (zeros, jnp.zeros((), jnp.float32), state.batch_stats),
-        (jnp.arange(k), cut(images), cut(labels)))
+        (jnp.arange(k), cut(images), cut(labels)), unroll=unroll)
     logits = jnp.swapaxes(logits, 0, 1).reshape(n, *logits.shape[2:])  # back to row order
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     return objective_sum / k, logits, {"batch_stats": batch_stats}, grads
@@ -232,7 +234,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     """
     step = functools.partial(train_step, model=model, tx=tx, task=task, augment_fn=augment_fn,
                              skip_nonfinite=skip_nonfinite, step_metrics=step_metrics,
-                             grad_accum_steps=grad_accum_steps)
+                             grad_accum_steps=grad_accum_steps, unroll=unroll)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
     def body(state, batch):
