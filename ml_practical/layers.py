@@ -344,16 +344,8 @@ class BatchNorm(nn.Module):
             y = y.reshape(x.shape)
             mean, var = jnp.mean(g_mean, axis=0), jnp.mean(g_var, axis=0)
             if not initializing:
-                stored_var = var
-                if self.torch_compat:
-                    m = math.prod(xg.shape[1:-1])
-                    if m < 2:
-                        raise ValueError(
-                            "BatchNorm.torch_compat: the unbiased variance needs at least 2 "
-                            f"values per feature; got m={m} per ghost batch")
-                    stored_var = var * (m / (m - 1))
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stored_var
+                self._update_running(ra_mean, ra_var, mean, var, math.prod(xg.shape[1:-1]),
+                                     "per ghost batch")
         elif train:
             # During init the mapped axis may not exist yet, and the stats must stay at 0 / 1.
             initializing = self.is_initializing()
@@ -363,24 +355,28 @@ class BatchNorm(nn.Module):
             else:
                 mean, var = _moments(x, reduction_axes, keepdims=False, axis_name=axis_name)
             if not initializing:
-                stored_var = var
-                if self.torch_compat:
-                    m = math.prod(x.shape[:-1])
-                    if axis_name is not None:
-                        m *= lax.axis_size(axis_name)
-                    if m < 2:
-                        raise ValueError(
-                            "BatchNorm.torch_compat: the unbiased variance needs at least 2 "
-                            f"values per feature; got m={m} from input shape {x.shape}")
-                    stored_var = var * (m / (m - 1))
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stored_var
+                m = math.prod(x.shape[:-1])
+                if axis_name is not None:
+                    m *= lax.axis_size(axis_name)
+                self._update_running(ra_mean, ra_var, mean, var, m, f"from input shape {x.shape}")
         else:
             mean, var = ra_mean.value, ra_var.value
 
         if y is None:
             y = _normalize(x32, mean, var, scale, bias, self.epsilon)
         return y.astype(out_dtype)
+
+    def _update_running(self, ra_mean, ra_var, mean, var, m: int, where: str) -> None:
+        """The running statistics' EMA step; `m` values per feature behind `var` (torch_compat)."""
+        stored_var = var
+        if self.torch_compat:
+            if m < 2:
+                raise ValueError(
+                    "BatchNorm.torch_compat: the unbiased variance needs at least 2 values per "
+                    f"feature; got m={m} {where}")
+            stored_var = var * (m / (m - 1))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stored_var
 
     def _num_ghosts(self, x: Array) -> int:
         """How many ghost batches a training batch `x` is cut into (1: ordinary BatchNorm)."""
