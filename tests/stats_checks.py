@@ -34,6 +34,17 @@ def check_p(p, a, b):
         assert p == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
 
 
+def check_paired_comparison(c, a, b):
+    """A stored comparison `c` (its "differences" and `inference.compare_family` entry) is the
+    paired t of a vs b: the per-seed differences, ttest_rel's p, and its 95 % interval."""
+    np.testing.assert_allclose(c["differences"], np.subtract(a, b), rtol=0, atol=1e-15)
+    check_p(c["inference"]["t"]["p"], a, b)
+    if np.ptp(np.subtract(a, b)) > 0:
+        ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+        assert (c["inference"]["t"]["low"], c["inference"]["t"]["high"]) == pytest.approx(
+            (ci.low, ci.high), rel=1e-9)
+
+
 def check_holm(comps):
     """Each comparison's stored Holm p is the largest (m - k) p_(k) over the p-values at most its
     own, capped at 1, and its decision "differs" is exactly the step-down procedure's rejection."""

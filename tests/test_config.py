@@ -250,6 +250,20 @@ def test_every_experiment_config_parses():
 
     studies.update(dict.fromkeys(("factorial", "factorial_full", "factorial_digits"),
                                  FactorialStudy))
+    from experiments.batch_norm_batch.main import BatchNormBatchStudy
+    from experiments.bn_init.main import BNInitStudy
+    from experiments.bn_lr.main import BNLrStudy
+    from experiments.bn_placement.main import BNPlacementStudy
+    from experiments.depth_residual.main import DepthResidualStudy
+    from experiments.lab_cnn.rows import LabCnnStudy
+
+    for study, names in ((BatchNormBatchStudy, ("batch_norm_batch", "batch_norm_batch_full")),
+                         (BNInitStudy, ("bn_init", "bn_init_full")),
+                         (BNLrStudy, ("bn_lr", "bn_lr_full")),
+                         (BNPlacementStudy, ("bn_placement", "bn_placement_full")),
+                         (DepthResidualStudy, ("depth_residual", "depth_residual_full")),
+                         (LabCnnStudy, ("lab_cnn", "lab_cnn_full", "lab_cnn_cifar10"))):
+        studies.update(dict.fromkeys(names, study))
     from experiments.audit.main import AuditConfig
 
     pure = {"signal_propagation": SignalStudy, "sparsity": SparsityStudy, "audit": AuditConfig}

@@ -157,7 +157,7 @@ def run_study(cfg: config_lib.Config, workdir, dataset: data_lib.Dataset | None 
     results = collect(cfg, runs, dataset_info=dataset.info(),
                       wall_time_s=time.time() - t_study, command=command, complete=not interrupted,
                       steps_per_epoch=steps_per_epoch, seed_mode=seed_mode,
-                      model=_model_shapes(cfg, dataset), adaptive=adaptive)
+                      model=model_shapes(cfg, dataset), adaptive=adaptive)
     report.write_reports(results, workdir)
     return results
 
@@ -306,7 +306,7 @@ def train_rows(cfg: config_lib.Config, workdir, names: Sequence[str], seeds: Seq
     return runs, interrupted
 
 
-def _model_shapes(cfg: config_lib.Config, dataset: data_lib.Dataset) -> dict[str, Any]:
+def model_shapes(cfg: config_lib.Config, dataset: data_lib.Dataset) -> dict[str, Any]:
     """The base model as the reports need it, from the models contract (not from MLP fields).
 
     Shapes only: the model is initialized abstractly (`jax.eval_shape`), nothing is computed.
@@ -373,7 +373,7 @@ def collect(cfg: config_lib.Config, runs: Mapping[str, list[dict[str, Any]]], *,
       dataset_info: `Dataset.info()`.
       wall_time_s: this invocation's wall time.
       seed_mode: how this invocation ran the seeds ("sequential" | "vmap"; "auto" resolved).
-      model: the base model's description and kernel shapes (`_model_shapes`).
+      model: the base model's description and kernel shapes (`model_shapes`).
       adaptive: the adaptive mode's record (`add_seeds`), None when it was off.
 
     Returns:

@@ -385,7 +385,7 @@ def test_analysis_flags_disagreements_with_the_chapter():
             "he": [_fake_run(s, a) for s, a in enumerate((0.975, 0.976, 0.974))]}
     info = {"name": "mnist", "num_classes": 10, "image_shape": [28, 28, 1], "num_train": 55000,
             "num_val": 5000, "num_test": 10000}
-    # The MNIST base model, as `main._model_shapes` reports it from the models contract.
+    # The MNIST base model, as `main.model_shapes` reports it from the models contract.
     model = {"description": "784-512-256-10 relu MLP",
              "kernel_shapes": [[784, 512], [512, 256], [256, 10]]}
     results = ablation.collect(cfg, runs, dataset_info=info, wall_time_s=1.0, model=model)

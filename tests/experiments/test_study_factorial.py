@@ -18,9 +18,9 @@ from experiments.configs import factorial as factorial_config
 from experiments.configs import factorial_digits
 from experiments.factorial import factors, main as factorial
 from ml_practical import config, loop
-from ml_practical import data as data_lib
 from ml_practical.analysis import factorial as ff
 from tests.conftest import CallCounter
+from tests.template_data import template_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -29,18 +29,8 @@ def parse(raw):
     return config.parse(raw, study=factorial.FactorialStudy)
 
 
-def tiny_dataset(seed=0, n_train=256, n_val=64, n_test=128, classes=10):
-    """Class templates on 8x8 images plus noise: learnable in a few steps, nothing to download."""
-    rng = np.random.default_rng(seed)
-    templates = rng.normal(0, 1, (classes, 8, 8, 1)).astype(np.float32)
-
-    def split(n):
-        y = rng.integers(0, classes, n).astype(np.int32)
-        x = templates[y] + rng.normal(0, 1.5, (n, 8, 8, 1)).astype(np.float32)
-        return x, y
-
-    (tx, ty), (vx, vy), (sx, sy) = split(n_train), split(n_val), split(n_test)
-    return data_lib.Dataset(tx, ty, vx, vy, sx, sy, num_classes=classes, name="tiny")
+def tiny_dataset():
+    return template_dataset(noise=1.5)
 
 
 def tiny_config(factors_="bn,dropout", design="full", seeds=2):

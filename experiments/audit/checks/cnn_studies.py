@@ -6,6 +6,10 @@ the claim's own scale supersedes it once its results.json exists (`Registry.supe
 proxy stays a test, and AUDIT.md shows the study. Where the claim was untestable for want of the
 library piece (ghost BatchNorm, the ResNet depth study) or read another study, the study's check
 replaces it (`Registry.replace_with_study`).
+
+`experiments/lab_cnn` (the lab's table on a CNN) has no row of its own in the ledger (EXP-03 is
+the MLP's lab), so it is not registered here; `experiments.lab_cnn.audit.check_lab_cnn` states
+its finding for a Context all the same.
 """
 
 from __future__ import annotations
@@ -28,12 +32,7 @@ STUDIES = {
 
 def _wire():
     for claim_id, (study, how) in STUDIES.items():
-        try:
-            module = importlib.import_module(f"experiments.{study}.audit")
-        except ModuleNotFoundError as e:
-            if e.name not in (f"experiments.{study}", f"experiments.{study}.audit"):
-                raise
-            continue
+        module = importlib.import_module(f"experiments.{study}.audit")
         fn = getattr(module, "check_" + claim_id.replace("-", "_"))
         if how == "supersede":
             R.superseded_by(claim_id, study, fn)

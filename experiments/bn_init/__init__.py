@@ -1,0 +1,1 @@
+"""BatchNorm and initialization: steps to a target training loss per init x norm x optimizer."""
