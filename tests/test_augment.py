@@ -386,3 +386,127 @@ def test_scaled_shift_is_mnists_integer_shift_and_a_fraction_of_a_small_image():
     assert np.max(np.abs(cy - 4)) <= 2 * 8 / 28 + 1e-5 and np.max(np.abs(cx - 4)) <= 0.5715
     assert np.max(np.abs(cx - 4)) > 0.4          # the whole range is used
     assert np.mean(np.abs(cx - np.round(cx)) > 1e-3) > 0.5   # sub-pixel, not integer
+
+
+# --------------------------------------------------------------------------------------------------
+# Pinned by the equations: each test below fails for a plausible one-line slip in augment.py that
+# the property tests above let through (a box side of H (1 - lam), a per-channel contrast pivot,
+# an erasing corner that never reaches the bottom edge, Beta(1/alpha, 1/alpha) for alpha != 1).
+
+_NUM_DRAWS = 2000
+
+
+def _cutmix_box_numpy(lam, u_cy, u_cx, h, w):
+    """Yun et al.'s box in numpy: sides floor(H sqrt(1 - lam)), floor(W sqrt(1 - lam)), centred at
+    (floor(u H), floor(u W)), clipped to the image (the paper's code, `rand_bbox`)."""
+    cut_h, cut_w = int(np.floor(h * np.sqrt(1.0 - lam))), int(np.floor(w * np.sqrt(1.0 - lam)))
+    cy, cx = min(int(np.floor(u_cy * h)), h - 1), min(int(np.floor(u_cx * w)), w - 1)
+    y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
+    x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
+    box = np.zeros((h, w), bool)
+    box[y0:y1, x0:x1] = True
+    return box
+
+
+@pytest.mark.parametrize("alpha", [0.4, 2.0])
+def test_cutmix_box_is_the_papers_box_for_the_drawn_lambda(alpha):
+    # The same draws as augment.cutmix (lam from the first half of the key, the permutation and
+    # the centre from the second), then the box by the paper's equation. H != W, so a side of
+    # H (1 - lam) or the two sides swapped differ from floor(H sqrt(1 - lam)).
+    n, h, w = 4, 20, 28
+    images = jnp.asarray(np.broadcast_to(np.arange(1, n + 1, dtype=np.float32)[:, None, None,
+                                                                                None], (n, h, w, 1)))
+    labels = jax.nn.one_hot(jnp.arange(n), n)
+    for seed in range(8):
+        key = jax.random.key(seed)
+        out, _ = augment.cutmix(key, images, labels, alpha=alpha)
+        lam_key, draw_key = jax.random.split(key)
+        lam = float(augment._beta_symmetric(lam_key, alpha))
+        u = np.asarray(jax.random.uniform(draw_key, (n + 2,)))
+        box = _cutmix_box_numpy(lam, u[n], u[n + 1], h, w)
+        perm = np.argsort(u[:n])  # augment._permutation: the ranks of the uniforms
+        np.testing.assert_array_equal(np.asarray(out)[..., 0],
+                                      np.where(box[None], np.asarray(images)[perm, ..., 0],
+                                               np.asarray(images)[..., 0]))
+
+
+def _ks_p(sample, cdf):
+    from scipy import stats
+
+    return stats.kstest(sample, cdf).pvalue
+
+
+@pytest.mark.parametrize("alpha", [0.4, 3.0])
+def test_mixup_lambda_is_beta_alpha_alpha(alpha):
+    # lam read off the mixed labels (class i = image i, at a row whose partner is another image),
+    # 2,000 draws, against scipy's Beta(alpha, alpha): at alpha = 0.4 Beta(1/alpha, 1/alpha) is
+    # Beta(2.5, 2.5), hump-shaped instead of U-shaped, and the KS test rejects it at p < 1e-20.
+    from scipy import stats
+
+    n = 8
+    images = jnp.zeros((n, 4, 4, 1))
+    labels = jax.nn.one_hot(jnp.arange(n), n)
+    keys = jax.random.split(jax.random.key(11), _NUM_DRAWS)
+    _, mixed = jax.vmap(lambda k: augment.mixup(k, images, labels, alpha=alpha))(keys)
+    mixed = np.asarray(mixed)
+    diag = mixed[:, np.arange(n), np.arange(n)]  # lam where pi(i) != i, 1 where pi(i) == i
+    lam = np.array([d[d < 1.0][0] if np.any(d < 1.0) else 1.0 for d in diag])
+    assert _ks_p(lam, stats.beta(alpha, alpha).cdf) > 1e-3
+    assert _ks_p(lam, stats.beta(1 / alpha, 1 / alpha).cdf) < 1e-6
+
+
+@pytest.mark.parametrize("alpha", [0.4, 3.0])
+def test_cutmix_pasted_area_follows_the_papers_distribution(alpha):
+    # End to end, without the library's own draws: the pasted fraction over 2,000 batches against
+    # a numpy simulation of the paper's recipe (numpy's Beta, a uniform centre, the clipped box);
+    # two-sample KS. Both the box side and lam ~ Beta(alpha, alpha) enter the distribution.
+    from scipy import stats
+
+    n, h, w = 2, 16, 16
+    images = jnp.asarray(np.stack([np.zeros((h, w, 1)), np.ones((h, w, 1))]).astype(np.float32))
+    labels = jax.nn.one_hot(jnp.arange(n), n)
+    keys = jax.random.split(jax.random.key(5), _NUM_DRAWS)
+    _, mixed = jax.vmap(lambda k: augment.cutmix(k, images, labels, alpha=alpha))(keys)
+    mixed = np.asarray(mixed)
+    swapped = mixed[:, 0, 1] > 0  # draws where image 0 got a patch of image 1 (pi swaps them)
+    ours = mixed[swapped, 0, 1]
+    rng = np.random.default_rng(0)
+    lam = rng.beta(alpha, alpha, 20_000)
+    ref = np.array([_cutmix_box_numpy(l, a, b, h, w).mean()
+                    for l, a, b in zip(lam, rng.random(20_000), rng.random(20_000))])
+    ref = ref[ref > 0]  # the library's draws where nothing was pasted are not in `ours` either
+    assert ours.size > 500
+    assert stats.ks_2samp(ours, ref).pvalue > 1e-3
+
+
+def test_color_jitter_contrast_pivots_on_the_whole_images_mean():
+    # x <- mu + c (x - mu) with mu the mean over H, W and C of each image. On RGB images whose
+    # channel means differ, a per-channel pivot gives a different image; the factor c is read off
+    # the output, so nothing about the library's draws is assumed.
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(6, 5, 7, 3)) + np.array([-2.0, 0.0, 3.0])).astype(np.float32)
+    out = np.asarray(augment.color_jitter(jax.random.key(2), jnp.asarray(x), brightness=0.0,
+                                          contrast=0.5, saturation=0.0))
+    mu = x.mean(axis=(1, 2, 3), keepdims=True)
+    c = ((out - mu) * (x - mu)).sum(axis=(1, 2, 3)) / ((x - mu) ** 2).sum(axis=(1, 2, 3))
+    assert np.all((c >= 0.5) & (c <= 1.5)) and np.ptp(c) > 0.05  # a factor per image
+    np.testing.assert_allclose(out, mu + c[:, None, None, None] * (x - mu), atol=1e-5)
+
+
+def test_erasing_corner_is_uniform_over_every_position_where_the_box_fits():
+    # A 4 x 4 box on 8 x 8 images (scale 1/4, ratio 1) fits at tops 0 .. 4 and lefts 0 .. 4: every
+    # position, the last one (the bottom / right edge) included, equally often (chi-square).
+    from scipy import stats
+
+    h = w = 8
+    x = jnp.ones((_NUM_DRAWS, h, w, 1))
+    out = np.asarray(augment.random_erasing(jax.random.key(9), x, p=1.0, scale=(0.25, 0.25),
+                                            ratio=(1.0, 1.0), value=0.0))
+    erased = out[..., 0] == 0.0
+    assert np.all(erased.sum(axis=(1, 2)) == 16)  # every image got its 4 x 4 box
+    tops = erased.any(axis=2).argmax(axis=1)
+    lefts = erased.any(axis=1).argmax(axis=1)
+    for corner in (tops, lefts):
+        counts = np.bincount(corner, minlength=h - 4 + 1)
+        assert counts.size == 5 and np.all(counts > 0)
+        assert stats.chisquare(counts).pvalue > 1e-3
