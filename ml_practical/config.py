@@ -129,6 +129,16 @@ class OptimConfig(Section):
       l1: L1 coefficient of sum |w|.
       l1_mode: "subgradient" (g += l1 sign(w)) or "proximal" (soft-threshold: exact zeros).
       decay_mask: "kernels" (leaves named "kernel") or "all" leaves.
+      sam_rho: SAM's neighbourhood radius rho (Foret et al. 2021, eq. 2): each step takes the
+        gradient at w + eps, eps = rho g / ||g||_2 over the whole gradient pytree, and gives
+        that to the chain above (clipping and decay act on it as on a plain gradient). Two
+        forward/backward passes per step; BatchNorm's running statistics come from the first
+        (`train.train_step`). 0 = off.
+      sam_adaptive: ASAM (Kwon et al. 2021, Algorithm 1): eps = rho T^2 g / ||T g||_2 with the
+        elementwise T_w = |w| + sam_eta (a scale-invariant neighbourhood; rho is then usually
+        10x SAM's). Needs sam_rho > 0. T scales every leaf, biases too (Kwon et al.'s code
+        leaves biases unscaled).
+      sam_eta: ASAM's eta, which keeps T_w > 0 for zero weights (zero-initialised biases).
     """
 
     section: ClassVar[str] = "optim"
@@ -148,6 +158,14 @@ class OptimConfig(Section):
     l1: float = field(0.0, ge=0)
     l1_mode: str = field("subgradient", choices=L1_MODES)
     decay_mask: str = field("kernels", choices=DECAY_MASKS)
+    sam_rho: float = field(0.0, ge=0)
+    sam_adaptive: bool = False
+    sam_eta: float = field(0.01, ge=0)
+
+    def check(self):
+        if self.sam_adaptive and not self.sam_rho:
+            raise ConfigError("optim.sam_adaptive: True needs optim.sam_rho > 0 (0 turns SAM "
+                              "off); expected a radius, e.g. optim.sam_rho=0.5 for ASAM")
 
 
 @dataclasses.dataclass(frozen=True)

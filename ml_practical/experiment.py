@@ -167,6 +167,7 @@ def program_key(cfg: Config, dataset: data_lib.Dataset, mesh: Mesh, total_steps:
                 placement: input_pipeline.InputPlacement, step_metrics, record_clip: bool) -> tuple:
     """Everything the compiled epoch and evaluation of a run depend on, and nothing else.
 
+    `cfg.optim` is in it whole, so the SAM fields (`optim.sam_*`) are too.
     Not in it: the seed (the init key and the batch order are inputs of the program), the data's
     values, the checkpoint and early-stopping settings, the data source fields.
     """
@@ -194,7 +195,8 @@ def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
                                    augment_fn=augment_lib.get(cfg.train.augment, norm_stats),
                                    mesh=mesh, step_metrics=step_metrics,
                                    unroll=cfg.train.unroll,
-                                   grad_accum_steps=cfg.train.grad_accum_steps)
+                                   grad_accum_steps=cfg.train.grad_accum_steps,
+                                   sam=train_lib.SAM.from_config(cfg.optim))
     if placement.placement == "device" and cfg.train.unroll:
         # An unrolled epoch-long scan would compile every step: run it in chunks.
         build = lambda **kw: train_lib.in_chunks(make_epoch(**kw), placement.chunk_steps)

@@ -103,14 +103,41 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
     return out
 
 
+def added_field_defaults(new: Mapping[str, Any]) -> dict[str, Any]:
+    """Every field of `new`'s sections at its default, flattened and as JSON values.
+
+    The model section's are those of `new`'s family ("model.name"). `config_diff` uses these
+    for fields that a saved config predates.
+    """
+    from ml_practical import config as config_lib, models
+
+    family = (new.get("model") or {}).get("name", "mlp")
+    if family not in models.FAMILIES:
+        return {}
+    return flatten(to_jsonable(config_lib.defaults(family).to_dict()))
+
+
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
                 ignore: Iterable[str] = RESUME_NEUTRAL_FIELDS) -> list[str]:
-    """Lines `field: saved -> new` for every field that differs between two config dicts."""
+    """Lines `field: saved -> new` for every field that differs between two config dicts.
+
+    A field that is absent from the saved config `old` (it was added to the library after the run
+    was written) and that has its default value in `new` is not a difference. This relies on
+    the library's rule for new fields: a new field's default is the behaviour from before the
+    field existed (`optim.sam_rho=0` is no SAM, `train.grad_accum_steps=1` is no accumulation),
+    so that run trained under it. A new field at any other value is a difference, and shows as
+    `'<absent>' -> value`.
+    """
     a, b = flatten(old), flatten(new)
+    defaults = None
     lines = []
     for key in sorted(set(a) | set(b)):
         if key in ignore:
             continue
+        if key not in a and key in b:
+            defaults = added_field_defaults(new) if defaults is None else defaults
+            if key in defaults and defaults[key] == b[key]:
+                continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             lines.append(f"  {key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
     return lines

@@ -9,6 +9,7 @@ drives these pieces is `ml_practical.loop`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
@@ -57,6 +58,69 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
                       opt_state=tx.init(params), key=train_key)
 
 
+@dataclasses.dataclass(frozen=True)
+class SAM:
+    """Sharpness-aware minimization inside `train_step` (`config.OptimConfig.sam_*`).
+
+    Attributes:
+      rho: the neighbourhood radius (> 0).
+      adaptive: ASAM's scaled neighbourhood instead of SAM's ball.
+      eta: ASAM's offset in T_w = |w| + eta.
+    """
+
+    rho: float
+    adaptive: bool = False
+    eta: float = 0.01
+
+    def __post_init__(self):
+        if not self.rho > 0 or not self.eta >= 0:
+            raise ValueError(f"SAM: rho {self.rho}, eta {self.eta}; expected rho > 0 and "
+                             "eta >= 0 (no SAM: pass sam=None)")
+
+    @classmethod
+    def from_config(cls, optim_cfg) -> SAM | None:
+        """The `optim.sam_*` fields of a config's `OptimConfig`; None when sam_rho is 0 (off)."""
+        if not optim_cfg.sam_rho:
+            return None
+        return cls(rho=float(optim_cfg.sam_rho), adaptive=bool(optim_cfg.sam_adaptive),
+                   eta=float(optim_cfg.sam_eta))
+
+
+def sam_perturbation(grads: PyTree, params: PyTree, sam: SAM) -> PyTree:
+    """The ascent step eps(w) of SAM or ASAM, over the whole gradient pytree.
+
+    SAM (Foret et al. 2021, eq. 2 with p = 2): eps = rho g / ||g||_2.
+    ASAM (Kwon et al. 2021, Algorithm 1): eps = rho T^2 g / ||T g||_2, T = |w| + eta elementwise,
+    so ||T^-1 eps||_2 = rho: the radius is measured relative to each weight's size.
+
+    A zero (scaled) gradient gives eps = 0 instead of 0/0. A non-finite gradient gives a
+    non-finite eps, which the caller's guard catches in the second gradient.
+
+    Args:
+      grads: the gradient g at w.
+      params: w (ASAM's T; unused by SAM).
+      sam: rho, adaptive, eta.
+
+    Returns:
+      eps, a pytree like `params`.
+
+    References:
+      Foret, Kleiner, Mobahi, Neyshabur, "Sharpness-Aware Minimization for Efficiently Improving
+      Generalization", ICLR 2021. Kwon, Kim, Park, Choi, "ASAM: Adaptive Sharpness-Aware
+      Minimization for Scale-Invariant Learning of Deep Neural Networks", ICML 2021.
+    """
+    if sam.adaptive:
+        t = jax.tree.map(lambda w: jnp.abs(w) + sam.eta, params)
+        tg = jax.tree.map(jnp.multiply, t, grads)
+        norm = optax.tree.norm(tg)
+        direction = jax.tree.map(jnp.multiply, t, tg)  # T^2 g
+    else:
+        norm = optax.tree.norm(grads)
+        direction = grads
+    scale = jnp.where(norm > 0, sam.rho / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return jax.tree.map(lambda d: (scale * d).astype(d.dtype), direction)
+
+
 StepMetrics = Callable[["TrainState", "TrainState", Mapping[str, jax.Array]], Mapping[str, Any]]
 
 
@@ -64,7 +128,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
                tx: optax.GradientTransformation, task: tasks_lib.Task | None = None,
                augment_fn: Callable | None = None, skip_nonfinite: bool = True,
                step_metrics: StepMetrics | None = None, grad_accum_steps: int = 1,
-               unroll: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+               unroll: bool = False,
+               sam: SAM | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. Pure: the new state and the step's metrics are its only outputs.
 
     Clipping, L2 / weight decay and L1 live in `tx`, never in the loss. With `skip_nonfinite`, a
@@ -95,10 +160,31 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         batch, before the cut. The step's loss and accuracy are over all N rows.
       unroll: unroll the micro-batch scan (`config.TrainConfig.unroll`: XLA:CPU's slow
         convolutions inside while loops).
+      sam: sharpness-aware minimization (Foret et al. 2021; ASAM, Kwon et al. 2021), or None.
+        The step then makes two forward/backward passes on the same (augmented) batch with the
+        same dropout key, so that the second gradient differs from the first only through the
+        weights (the paper's g at w + eps for the same mini-batch sample):
+          1. at w: the gradient g, the step's loss, accuracy and "grad_norm", and the new
+             BatchNorm running statistics;
+          2. at w + eps, eps = `sam_perturbation(g, w, sam)`: the gradient that `tx` gets
+             (clipping, L2 and decay stay in `tx` and act on it). This pass's BatchNorm uses its
+             own batch statistics, as a training pass does, but its running-statistics update
+             is discarded: running statistics taken at the perturbed weights would describe a
+             network that is never evaluated, and moving them twice per step would shorten
+             their average's memory (momentum m becoming m^2 per step): the known SAM +
+             BatchNorm pitfall.
+        The guard covers both passes: a non-finite loss or gradient in either flags the step
+        ("nonfinite") and, with `skip_nonfinite`, skips it. With `grad_accum_steps` k > 1 the
+        perturbation is the batch's: eps comes from the mean gradient over all k micro-batches
+        and the second pass runs the same k micro-batches (same rows, same keys) at w + eps, so
+        the step is SAM on the whole gradient batch, equal to k = 1 when nothing couples the
+        rows (not per-micro-batch SAM, whose eps would change with k). Adds the metric
+        "sam_grad_norm" (the norm of the gradient at w + eps).
 
     Returns:
       (new state, metrics): the task's metrics ("loss", maybe "accuracy"), "objective",
-      "grad_norm" (of the raw gradient), "skipped", "nonfinite", and `step_metrics`' entries.
+      "grad_norm" (of the raw gradient at w), "skipped", "nonfinite", with `sam`
+      "sam_grad_norm", and `step_metrics`' entries.
     """
     task = tasks_lib.Classification() if task is None else task
     step_key = jax.random.fold_in(state.key, state.step)
@@ -113,22 +199,34 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
         return task.objective(logits, batch["label"]), (logits, new_vars)
 
-    if grad_accum_steps == 1:
-        (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
-    else:
-        objective, logits, new_vars, grads = _accumulated_grads(
-            state, images, batch["label"], model, task, dropout_key, grad_accum_steps, unroll)
+    def gradient(params):
+        if grad_accum_steps == 1:
+            (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params)
+            return objective, logits, new_vars, grads
+        return _accumulated_grads(params, state.batch_stats, images, batch["label"], model,
+                                  task, dropout_key, grad_accum_steps, unroll)
+
+    objective, logits, new_vars, grads = gradient(state.params)
     grad_norm = optax.tree.norm(grads)
+    # The global norm is finite iff every gradient entry is (an overflowing sum of squares also
+    # counts as non-finite), so one scalar decides.
+    ok = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
+    sam_metrics = {}
+    if sam is not None:
+        eps = sam_perturbation(grads, state.params, sam)
+        # Only the objective and gradient of the second pass are used: its logits and its
+        # BatchNorm running statistics are dropped (see the docstring), and jit prunes them.
+        sam_objective, _, _, grads = gradient(jax.tree.map(jnp.add, state.params, eps))
+        sam_grad_norm = optax.tree.norm(grads)
+        ok = ok & jnp.isfinite(sam_objective) & jnp.isfinite(sam_grad_norm)
+        sam_metrics = {"sam_grad_norm": sam_grad_norm}
 
     def apply(_):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return (optax.apply_updates(state.params, updates),
                 new_vars.get("batch_stats", state.batch_stats), opt_state)
 
-    # The global norm is finite iff every gradient entry is (an overflowing sum of squares also
-    # counts as non-finite), so one scalar decides.
-    ok = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
         # `lax.cond` runs the optimizer only on good steps instead of selecting between old and
         # new copies of every leaf afterwards (a `jnp.where` over params and Adam moments costs
@@ -146,6 +244,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         "objective": objective,
         **{k: v for k, v in task_metrics.items() if k != "loss"},
         "grad_norm": grad_norm,
+        **sam_metrics,
         "skipped": skipped,
         "nonfinite": (~ok).astype(jnp.float32),
     }
@@ -156,12 +255,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
     return new_state, metrics
 
 
-def _accumulated_grads(state: TrainState, images: jax.Array, labels: jax.Array, model: nn.Module,
-                       task: tasks_lib.Task, dropout_key: jax.Array, k: int, unroll: bool):
-    """`train_step`'s gradient over k strided micro-batches (see its `grad_accum_steps`).
+def _accumulated_grads(params: PyTree, batch_stats: PyTree, images: jax.Array,
+                       labels: jax.Array, model: nn.Module, task: tasks_lib.Task,
+                       dropout_key: jax.Array, k: int, unroll: bool):
+    """`train_step`'s gradient at `params` over k strided micro-batches (its `grad_accum_steps`).
 
-    Returns (mean objective, logits in the batch's row order, {"batch_stats": after the last
-    micro-batch}, mean gradient).
+    `batch_stats` are the running statistics before the step. Returns (mean objective, logits in
+    the batch's row order, {"batch_stats": after the last micro-batch}, mean gradient).
     """
     n = images.shape[0]
     if n % k:
@@ -181,14 +281,14 @@ def _accumulated_grads(state: TrainState, images: jax.Array, labels: jax.Array, 
             return task.objective(logits, y), (logits, new_vars)
 
         (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
+            params)
         carry = (jax.tree.map(jnp.add, grad_sum, grads), objective_sum + objective,
                  new_vars.get("batch_stats", batch_stats))
         return carry, logits
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
     (grad_sum, objective_sum, batch_stats), logits = jax.lax.scan(
-        micro, (zeros, jnp.zeros((), jnp.float32), state.batch_stats),
+        micro, (zeros, jnp.zeros((), jnp.float32), batch_stats),
         (jnp.arange(k), cut(images), cut(labels)), unroll=unroll)
     logits = jnp.swapaxes(logits, 0, 1).reshape(n, *logits.shape[2:])  # back to row order
     grads = jax.tree.map(lambda g: g / k, grad_sum)
@@ -213,7 +313,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
                      skip_nonfinite: bool = True, mesh: Mesh | None = None,
                      donate: bool = True, gather: bool = True,
                      step_metrics: StepMetrics | None = None, unroll: bool = False,
-                     grad_accum_steps: int = 1) -> Callable:
+                     grad_accum_steps: int = 1, sam: SAM | None = None) -> Callable:
     """Returns `train_epoch(state, images, labels, batch_idx) -> (state, metrics)`, jitted once.
 
     `images`/`labels` are the device-resident training set and `batch_idx` an int32 array of shape
@@ -221,7 +321,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     as arrays of length num_batches (a few KiB), so the host syncs once per epoch. With `donate`
     the state buffer is donated (the epoch updates it in place); `replay_if_nonfinite` keeps it
     instead, to be able to replay the epoch. `task`, `augment_fn`, `skip_nonfinite`,
-    `step_metrics` and `grad_accum_steps` are `train_step`'s.
+    `step_metrics`, `grad_accum_steps` and `sam` are `train_step`'s.
 
     With `gather=False` it returns `train_chunk(state, images, labels)` instead, a scan over batches
     already gathered on the host (images (K, batch, ...), labels (K, batch)): the unit of work of
@@ -234,7 +334,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     """
     step = functools.partial(train_step, model=model, tx=tx, task=task, augment_fn=augment_fn,
                              skip_nonfinite=skip_nonfinite, step_metrics=step_metrics,
-                             grad_accum_steps=grad_accum_steps, unroll=unroll)
+                             grad_accum_steps=grad_accum_steps, unroll=unroll, sam=sam)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
     def body(state, batch):
@@ -387,18 +487,18 @@ def summarize_epoch(step_metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Means of the task's per-step metrics over the steps that were not skipped.
 
     Returns:
-      {"train/skipped_steps", "train/loss", "train/objective", ["train/accuracy"], "grad_norm"};
-      extra per-step metrics (`step_metrics`) are not averaged here.
+      {"train/skipped_steps", "train/loss", "train/objective", ["train/accuracy"], "grad_norm",
+      ["sam_grad_norm"]}; extra per-step metrics (`step_metrics`) are not averaged here.
     """
     skipped = np.asarray(step_metrics["skipped"])
     ok = skipped == 0
     out = {"train/skipped_steps": int(skipped.sum())}
-    for name in ("loss", "objective", "accuracy", "grad_norm"):
-        if name not in step_metrics:  # "accuracy": tasks that count correct predictions
+    for name in ("loss", "objective", "accuracy", "grad_norm", "sam_grad_norm"):
+        if name not in step_metrics:  # "accuracy": tasks that count correct predictions; SAM
             continue
         values = np.asarray(step_metrics[name])[ok]
         # grad_norm: mean global L2 norm of the raw (pre-clipping) gradient over the epoch.
-        key = name if name == "grad_norm" else f"train/{name}"
+        key = name if name.endswith("grad_norm") else f"train/{name}"
         out[key] = float(values.mean()) if values.size else float("nan")
     return out
 

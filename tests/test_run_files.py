@@ -49,3 +49,24 @@ def test_tensorboard_writer_import_leaves_no_torch_module(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_a_field_added_after_the_run_is_no_difference_at_its_default():
+    # A config.json written before optim.sam_rho and train.grad_accum_steps existed: the run
+    # trained as their defaults do (no SAM, no accumulation), so resuming it at those defaults
+    # is the same run; any other value of a new field is a difference, as is a changed old one.
+    from ml_practical import run_files
+    from tests.conftest import tiny
+
+    new = run_files.to_jsonable(tiny())
+    old = {k: dict(v) if isinstance(v, dict) else v for k, v in new.items()}
+    del old["optim"]["sam_rho"], old["train"]["grad_accum_steps"]
+    assert run_files.config_diff(old, new) == []
+    changed = run_files.to_jsonable(tiny(**{"optim.sam_rho": 0.05}))
+    assert run_files.config_diff(old, changed) == ["  optim.sam_rho: '<absent>' -> 0.05"]
+    lr = run_files.to_jsonable(tiny(**{"optim.learning_rate": 0.5}))
+    assert [line.split(":")[0] for line in run_files.config_diff(old, lr)] == [
+        "  optim.learning_rate"]
+    # A field the new config dropped is still a difference (nothing to compare it with).
+    extra = {**old, "optim": {**old["optim"], "retired_field": 1}}
+    assert run_files.config_diff(extra, new) == ["  optim.retired_field: 1 -> '<absent>'"]
