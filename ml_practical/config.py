@@ -139,6 +139,13 @@ class OptimConfig(Section):
         10x SAM's). Needs sam_rho > 0. T scales every leaf, biases too (Kwon et al.'s code
         leaves biases unscaled).
       sam_eta: ASAM's eta, which keeps T_w > 0 for zero weights (zero-initialised biases).
+      wd_mults: parameter-group rules "REGEX=MULT" on leaf paths ("conv_0/kernel"): the first
+        rule that matches a path scales `l2` and `weight_decay` on that leaf by MULT; a leaf no
+        rule matches keeps `decay_mask`'s choice (`ml_practical.param_groups`).
+      lr_mults: rules "REGEX=MULT": the first match scales the leaf's update (its learning rate)
+        by MULT; unmatched leaves 1.
+      freeze: regexes of leaves that do not train (zero gradient, zero update, left out of
+        clipping's norm). Every rule of the three must match some parameter.
     """
 
     section: ClassVar[str] = "optim"
@@ -161,11 +168,23 @@ class OptimConfig(Section):
     sam_rho: float = field(0.0, ge=0)
     sam_adaptive: bool = False
     sam_eta: float = field(0.01, ge=0)
+    wd_mults: tuple[str, ...] = ()
+    lr_mults: tuple[str, ...] = ()
+    freeze: tuple[str, ...] = ()
 
     def check(self):
         if self.sam_adaptive and not self.sam_rho:
             raise ConfigError("optim.sam_adaptive: True needs optim.sam_rho > 0 (0 turns SAM "
                               "off); expected a radius, e.g. optim.sam_rho=0.5 for ASAM")
+        from ml_practical import param_groups  # imports this module: checked lazily
+
+        param_groups.parse_rules(self.wd_mults, "optim.wd_mults")
+        param_groups.parse_rules(self.lr_mults, "optim.lr_mults")
+        param_groups.parse_freeze(self.freeze)
+        if self.lr_mults and self.l1 > 0 and self.l1_mode == "proximal":
+            raise ConfigError("optim.lr_mults: per-leaf learning rates with optim.l1_mode="
+                              "'proximal' (whose threshold is lr * l1 for every leaf); expected "
+                              "no lr_mults, or l1_mode='subgradient'")
 
 
 @dataclasses.dataclass(frozen=True)

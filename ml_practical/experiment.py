@@ -279,6 +279,12 @@ def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
             raise ValueError(f"train.grad_accum_steps: {k} micro-batches of a batch of {value} "
                              f"rows; expected micro-batches of a whole number of rows that "
                              f"divide over {n_dev} devices")
+    groups = optim.param_groups_of(cfg.optim)
+    if groups.active:  # every rule must name some parameter (shapes only: nothing is computed)
+        shapes = jax.eval_shape(
+            lambda x: cfg.model.init(jax.random.PRNGKey(0), x, train=False),
+            jax.ShapeDtypeStruct((2, *dataset.train_x.shape[1:]), np.float32))
+        groups.check(shapes["params"])
     steps = steps_per_epoch(cfg, len(dataset.train_y))
     total_steps = steps * cfg.train.num_epochs
     placement = input_pipeline.resolve_placement(

@@ -259,6 +259,28 @@ def check_monitor(cfg: Config, exp: Experiment, hooks: Sequence[Hook]) -> None:
                       f"{sorted(names | declared)}")
 
 
+PARAM_GROUPS_FILE = "param_groups.json"
+
+
+def write_param_groups(files: run_files.RunFiles, cfg: Config, params, *,
+                       quiet: bool = False) -> None:
+    """<run>/param_groups.json: per leaf, its decay and lr multipliers, frozen, clipped
+    (`param_groups.Groups.describe`); with any `optim` group rule, a summary line on stderr."""
+    from ml_practical import optim as optim_lib, param_groups
+
+    groups = optim_lib.param_groups_of(cfg.optim)
+    on = cfg.optim.l2 > 0 or cfg.optim.weight_decay > 0
+    leaves = groups.describe(params, clip=cfg.optim.clip)
+    if not on:  # nothing decays, whatever the multipliers say
+        leaves = {k: {**v, "decay_mult": 0.0} for k, v in leaves.items()}
+    files.write_json(PARAM_GROUPS_FILE, {"rules": {"wd_mults": list(cfg.optim.wd_mults),
+                                                   "lr_mults": list(cfg.optim.lr_mults),
+                                                   "freeze": list(cfg.optim.freeze)},
+                                         "leaves": leaves})
+    if groups.active and not quiet and files.primary:
+        print(param_groups.summary_line(leaves), file=sys.stderr)
+
+
 def _fit(cfg: Config, exp: Experiment, workdir, hooks: list[Hook]) -> FitResult:
     from ml_practical import checkpointing  # orbax import is slow; keep `import loop` light
 
@@ -271,6 +293,7 @@ def _fit(cfg: Config, exp: Experiment, workdir, hooks: list[Hook]) -> FitResult:
     ckpt = checkpointing.RunCheckpointer(files.checkpoint_dir, cfg)
     rule = cfg.early_stopping
     fresh = exp.init_state()
+    write_param_groups(files, cfg, fresh.params)
     restored = ckpt.restore_latest(fresh)
     run = Run(seed=cfg.seed, files=files)
     if restored is None:
@@ -409,6 +432,9 @@ def _fit_seeds(cfg, group, seeds, workdir, hooks) -> list[FitResult]:
             run.files = f
     rule = cfg.early_stopping
     states = group.init_states()
+    for i, run in enumerate(runs):
+        if run.files is not None:
+            write_param_groups(run.files, cfg, multiseed.take(states, i).params, quiet=i > 0)
     for hook in hooks:
         states = hook.init_state(exp, states, runs)
     keep_best = KeepBest(states)

@@ -20,6 +20,12 @@ the optimizer and never in the loss. The order, and why:
 Every decay/penalty uses the project's mask (`decay_mask`: "kernels" = leaves named "kernel",
 `ml_practical.losses.default_mask`; "all" = every leaf). The fields, their defaults and allowed
 values are `ml_practical.config.OptimConfig`'s.
+
+Parameter groups (`ml_practical.param_groups`): `wd_mults` replaces the 0/1 mask of the two
+decays by a per-leaf multiplier (`add_scaled_decayed_weights`), `lr_mults` scales each leaf's
+final update (`scale_by_leaf`, after step 5), and `freeze` wraps the whole chain in
+`optax.multi_transform`, so frozen leaves get `set_to_zero` and are seen by no step above. L1
+keeps `decay_mask`. With none of the three set, the chain is the one above, unchanged.
 """
 
 from __future__ import annotations
@@ -257,6 +263,47 @@ def learning_rate_at(cfg: OptimConfig, total_steps: int | None, step: int) -> fl
     return float(make_schedule(cfg, total_steps)(step))
 
 
+def add_scaled_decayed_weights(coefficient: float, mults) -> optax.GradientTransformation:
+    """u += coefficient * m * w per leaf, m = mults(params) (Python floats: 0 leaves a leaf out).
+
+    `optax.add_decayed_weights` with a per-leaf multiplier instead of a 0/1 mask: the transform
+    behind `optim.wd_mults` (`ml_practical.param_groups`).
+    """
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("add_scaled_decayed_weights: update needs params")
+        m = mults(params)
+        return jax.tree.map(lambda u, w, k: u + (coefficient * k) * w if k else u,
+                            updates, params, m), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def scale_by_leaf(mults) -> optax.GradientTransformation:
+    """u *= m per leaf, m = mults(params): per-leaf learning rates (`optim.lr_mults`)."""
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_leaf: update needs params")
+        m = mults(params)
+        return jax.tree.map(lambda u, k: u * k if k != 1.0 else u, updates, m), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def param_groups_of(cfg: OptimConfig):
+    """The `param_groups.Groups` of an optim section (its wd_mults, lr_mults, freeze)."""
+    from ml_practical import param_groups
+
+    o = _typed(cfg)
+    return param_groups.Groups(
+        wd_rules=param_groups.parse_rules(o.wd_mults, "optim.wd_mults"),
+        lr_rules=param_groups.parse_rules(o.lr_mults, "optim.lr_mults"),
+        frozen=param_groups.parse_freeze(o.freeze),
+        decay_default=default_mask if o.decay_mask == "kernels" else all_mask)
+
+
 def make_optimizer(cfg: OptimConfig, total_steps: int | None = None, *,
                    record_clip: bool = False) -> optax.GradientTransformation:
     """Build the optax chain an optim section describes (the module docstring gives the order).
@@ -281,6 +328,12 @@ def make_optimizer(cfg: OptimConfig, total_steps: int | None = None, *,
     o = _typed(cfg)
     schedule = _schedule(o, total_steps)
     mask = default_mask if o.decay_mask == "kernels" else all_mask
+    groups = param_groups_of(o)
+
+    def decay(coefficient):
+        if groups.wd_rules:
+            return add_scaled_decayed_weights(coefficient, groups.decay_mults)
+        return optax.add_decayed_weights(coefficient, mask=mask)
 
     parts: list[optax.GradientTransformation] = []
     if record_clip:
@@ -289,7 +342,7 @@ def make_optimizer(cfg: OptimConfig, total_steps: int | None = None, *,
     elif o.clip != "none":
         parts.append(clip_transform(o.clip, o.clip_value))
     if o.l2 > 0:
-        parts.append(optax.add_decayed_weights(o.l2, mask=mask))
+        parts.append(decay(o.l2))
     if o.l1 > 0 and o.l1_mode == "subgradient":
         parts.append(add_l1_subgradient(o.l1, mask=mask))
     if o.name == "momentum":
@@ -297,8 +350,19 @@ def make_optimizer(cfg: OptimConfig, total_steps: int | None = None, *,
     elif o.name in ("adam", "adamw"):
         parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
     if o.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(o.weight_decay, mask=mask))
+        parts.append(decay(o.weight_decay))
     parts.append(optax.scale_by_learning_rate(schedule))
+    if groups.lr_rules:
+        parts.append(scale_by_leaf(groups.lr_mults))
     if o.l1 > 0 and o.l1_mode == "proximal":
         parts.append(proximal_l1(o.l1, schedule, mask=mask))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    if not groups.frozen:
+        return chain
+    if record_clip:
+        raise ValueError("optim.freeze: the clip recorder reads the plain chain's state; "
+                         "expected no frozen leaves in a run that records clipping")
+    # Frozen leaves: zeros instead of their gradient, before anything else sees it, and no state.
+    labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
+                                         groups.is_frozen(params))
+    return optax.multi_transform({"train": chain, "frozen": optax.set_to_zero()}, labels)

@@ -245,7 +245,8 @@ def test_every_experiment_config_parses():
                "ablation_cnn_digits": AblationStudy,
                "clipping": ClippingStudy, "lsuv": LSUVStudy, "mc_dropout": MCStudy,
                "zero_init": ZeroInitStudy, "mnist_mlp": None, "digits_mlp": None,
-               "mnist_cnn": None, "cifar10_resnet20": None, "cifar10_resnet56": None}
+               "mnist_cnn": None, "cifar10_resnet20": None, "cifar10_resnet56": None,
+               "recipe_no_decay_norm_bias": None, "recipe_decay_dense_only": None}
     from experiments.factorial.main import FactorialStudy
 
     studies.update(dict.fromkeys(("factorial", "factorial_full", "factorial_digits"),
