@@ -40,7 +40,7 @@ DATA_SOURCES = ("arrays", "cifar10", "cifar100", "digits", "idx", "tfds")
 NORMALIZATIONS = ("global", "none", "per_channel", "per_pixel")
 PLACEMENTS = ("auto", "device", "host")
 OPTIMIZERS = ("adam", "adamw", "momentum", "sgd")
-SCHEDULES = ("constant", "warmup_cosine")
+SCHEDULES = ("constant", "warmup_cosine", "step", "one_cycle")
 CLIPS = ("adaptive", "global_norm", "none", "value")
 L1_MODES = ("proximal", "subgradient")
 DECAY_MASKS = ("all", "kernels")
@@ -117,9 +117,18 @@ class OptimConfig(Section):
       learning_rate: peak learning rate. Required.
       momentum: for "momentum".
       b1, b2, eps: for "adam" / "adamw".
-      schedule: "constant" or "warmup_cosine"; both warm up linearly from 0 over warmup_steps.
+      schedule: "constant", "warmup_cosine", "step" (multiply by step_factor at each of
+        step_boundaries) or "one_cycle" (Smith & Topin 2019); `optim.make_schedule` gives the
+        equations. The first three warm up linearly from 0 over warmup_steps; one_cycle has its
+        own rise (onecycle_pct_start) and refuses warmup_steps.
       warmup_steps: linear warmup length in optimizer steps.
       end_lr_factor: warmup_cosine ends at learning_rate * end_lr_factor.
+      step_boundaries: "step": the fractions of the run's optimizer steps at which the rate is
+        multiplied by step_factor (the ResNet recipe: (0.5, 0.75) with 0.1).
+      step_factor: "step": the factor at each boundary, in (0, 1].
+      onecycle_pct_start: "one_cycle": the fraction of steps spent rising to learning_rate.
+      onecycle_div_factor: "one_cycle": it starts at learning_rate / onecycle_div_factor.
+      onecycle_final_div_factor: "one_cycle": it ends at the start value / this.
       clip: "none", "value" (each entry to [-clip_value, clip_value]), "global_norm", or
         "adaptive" (AGC, Brock et al. 2021: each unit's gradient to at most clip_value times its
         weight norm; clip_value ~ 0.01-0.16).
@@ -158,6 +167,11 @@ class OptimConfig(Section):
     schedule: str = field("constant", choices=SCHEDULES)
     warmup_steps: int = field(0, ge=0)
     end_lr_factor: float = field(0.0, ge=0, le=1)
+    step_boundaries: tuple[float, ...] = field((0.5, 0.75), gt=0, lt=1)
+    step_factor: float = field(0.1, gt=0, le=1)
+    onecycle_pct_start: float = field(0.3, gt=0, lt=1)
+    onecycle_div_factor: float = field(25.0, ge=1)
+    onecycle_final_div_factor: float = field(1e4, ge=1)
     clip: str = field("none", choices=CLIPS)
     clip_value: float = field(1.0, gt=0)
     l2: float = field(0.0, ge=0)
@@ -178,6 +192,13 @@ class OptimConfig(Section):
                               "off); expected a radius, e.g. optim.sam_rho=0.5 for ASAM")
         from ml_practical import param_groups  # imports this module: checked lazily
 
+        if list(self.step_boundaries) != sorted(set(self.step_boundaries)):
+            raise ConfigError(f"optim.step_boundaries: {tuple(self.step_boundaries)!r}; expected "
+                              "strictly increasing fractions of the run, e.g. (0.5, 0.75)")
+        if self.schedule == "one_cycle" and self.warmup_steps:
+            raise ConfigError(f"optim.warmup_steps: {self.warmup_steps} with schedule "
+                              "'one_cycle', which rises over onecycle_pct_start of the run; "
+                              "expected 0")
         param_groups.parse_rules(self.wd_mults, "optim.wd_mults")
         param_groups.parse_rules(self.lr_mults, "optim.lr_mults")
         param_groups.parse_freeze(self.freeze)

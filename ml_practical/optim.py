@@ -204,11 +204,37 @@ def _typed(cfg: OptimConfig) -> OptimConfig:
 
 
 def _schedule(o: OptimConfig, total_steps: int | None) -> optax.Schedule:
+    if o.schedule != "constant" and (
+            total_steps is None or isinstance(total_steps, bool)
+            or not isinstance(total_steps, numbers.Integral)):
+        raise ValueError(f"optim.schedule: {o.schedule!r} needs total_steps (an integer), got "
+                         f"{total_steps!r}")
+    if o.schedule == "one_cycle":
+        # optax's cosine one-cycle (Smith & Topin 2019; the fast.ai / torch OneCycleLR shape):
+        # cosine from lr / div up to lr over pct_start of the steps, then cosine down to
+        # lr / (div * final_div).
+        return optax.cosine_onecycle_schedule(
+            transition_steps=total_steps, peak_value=o.learning_rate,
+            pct_start=o.onecycle_pct_start, div_factor=o.onecycle_div_factor,
+            final_div_factor=o.onecycle_final_div_factor)
+    if o.schedule == "step":
+        if not o.warmup_steps < total_steps:
+            raise ValueError(f"optim.warmup_steps: {o.warmup_steps} must be < total_steps "
+                             f"({total_steps}) for 'step'")
+        # Boundaries in optimizer steps, rounded down; counted from step 0 (warmup included).
+        bounds = [int(b * total_steps) for b in o.step_boundaries]
+        lr, factor, warmup = o.learning_rate, o.step_factor, o.warmup_steps
+
+        def step_decay(count):
+            count = jnp.asarray(count)
+            passed = sum((count >= b).astype(jnp.float32) for b in bounds)
+            value = lr * factor ** passed
+            if warmup:
+                value = jnp.where(count < warmup, lr * count / warmup, value)
+            return value
+
+        return step_decay
     if o.schedule == "warmup_cosine":
-        if total_steps is None or isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
-            raise ValueError(
-                f"optim.schedule: 'warmup_cosine' needs total_steps (an integer), got {total_steps!r}"
-            )
         if not o.warmup_steps < total_steps:
             raise ValueError(
                 f"optim.warmup_steps: {o.warmup_steps} must be < total_steps ({total_steps}) for 'warmup_cosine'"
@@ -235,10 +261,17 @@ def make_schedule(cfg: OptimConfig, total_steps: int | None = None) -> optax.Sch
     "constant": lr (after an optional linear warmup from 0 over warmup_steps).
     "warmup_cosine": linear 0 -> lr over warmup_steps, then cosine (Loshchilov & Hutter 2017, SGDR
     without restarts) down to lr * end_lr_factor at step total_steps; lr_t stays there afterwards.
+    "step": lr * step_factor ** (number of boundaries b with t >= floor(b * total_steps)), the
+    step decay of He et al. 2016 (0.1 at 50 % and 75 %); linear 0 -> lr over warmup_steps
+    first (their ResNet-110 warmup), the boundaries still counted from step 0.
+    "one_cycle": `optax.cosine_onecycle_schedule` (Smith & Topin 2019): cosine from
+    lr / onecycle_div_factor up to lr over onecycle_pct_start of total_steps, then cosine down
+    to lr / (onecycle_div_factor * onecycle_final_div_factor) at total_steps.
 
     Args:
       cfg: the optim section.
-      total_steps: number of optimizer steps in the run; required by "warmup_cosine".
+      total_steps: number of optimizer steps in the run; required by every schedule but
+        "constant".
 
     Returns:
       An optax schedule (callable on an integer step).

@@ -313,7 +313,7 @@ def test_warmup_cosine_requires_total_steps():
     "field, value, fragment",
     [
         ("name", "rmsprop", "['adam', 'adamw', 'momentum', 'sgd']"),
-        ("schedule", "linear", "['constant', 'warmup_cosine']"),
+        ("schedule", "linear", "['constant', 'one_cycle', 'step', 'warmup_cosine']"),
         ("clip", "norm", "['adaptive', 'global_norm', 'none', 'value']"),
         ("l1_mode", "lasso", "['proximal', 'subgradient']"),
         ("decay_mask", "biases", "['all', 'kernels']"),
@@ -341,3 +341,45 @@ def test_missing_and_unknown_fields():
     with pytest.raises(config.ConfigError,
                        match=r"optim\.weight_decy: unknown field; did you mean 'weight_decay'\?"):
         optim.make_optimizer(_cfg(weight_decy=1e-4))
+
+
+# --------------------------------------------------------------------------- step and one-cycle
+
+
+def test_step_schedule_multiplies_at_each_boundary():
+    # He et al. 2016's recipe on 1000 steps: 0.1 until step 500, 0.01 until 750, then 0.001; a
+    # warmup of 100 steps rises linearly from 0 first.
+    s = optim.make_schedule(_cfg(schedule="step", step_boundaries=(0.5, 0.75), step_factor=0.1),
+                            total_steps=1000)
+    got = [float(s(t)) for t in (0, 499, 500, 749, 750, 999)]
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3], rtol=1e-6)
+    w = optim.make_schedule(_cfg(schedule="step", warmup_steps=100), total_steps=1000)
+    np.testing.assert_allclose([float(w(t)) for t in (0, 50, 100, 600, 800)],
+                               [0.0, 0.05, 0.1, 0.01, 1e-3], rtol=1e-6)
+
+
+def test_one_cycle_matches_its_equations():
+    # Smith & Topin's cosine one-cycle: lr/div at 0, lr at pct * T, lr/(div*final) at T; between,
+    # half-cosine interpolation.
+    lr, div, final, pct, total = 0.1, 25.0, 1e4, 0.3, 1000
+    s = optim.make_schedule(_cfg(schedule="one_cycle", onecycle_pct_start=pct,
+                                 onecycle_div_factor=div, onecycle_final_div_factor=final),
+                            total_steps=total)
+    start, end, peak_t = lr / div, lr / (div * final), int(pct * total)
+
+    def cos(a, b, frac):
+        return b + (a - b) * (1 + np.cos(np.pi * frac)) / 2
+
+    for t in (0, 100, peak_t, 500, 999, 1000):
+        want = (cos(start, lr, t / peak_t) if t <= peak_t
+                else cos(lr, end, (t - peak_t) / (total - peak_t)))
+        assert float(s(t)) == pytest.approx(want, rel=1e-4, abs=1e-8), t  # float32 cos
+
+
+def test_new_schedules_refuse_bad_settings():
+    with pytest.raises(config.ConfigError, match="optim.step_boundaries"):
+        _cfg(schedule="step", step_boundaries=(0.75, 0.5))
+    with pytest.raises(config.ConfigError, match="optim.warmup_steps"):
+        _cfg(schedule="one_cycle", warmup_steps=10)
+    with pytest.raises(ValueError, match="'step' needs total_steps"):
+        optim.make_schedule(_cfg(schedule="step"))
