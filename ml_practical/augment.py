@@ -532,6 +532,75 @@ def cutmix(key: Array, images: Array, labels_onehot: Array,
     return mixed_images, mixed_labels
 
 
+@functools.partial(jax.jit, static_argnames=("alpha",))
+def mixup_per_sample(key: Array, images: Array, labels_onehot: Array,
+                     alpha: float = 0.2) -> tuple[Array, Array]:
+    """mixup with one lam_i ~ Beta(alpha, alpha) per example (timm's `mode="elem"`).
+
+        x~_i = lam_i x_i + (1 - lam_i) x_pi(i),   y~_i = lam_i y_i + (1 - lam_i) y_pi(i),
+    pi a random permutation of the batch, as in `mixup`.
+
+    Returns:
+      (mixed images, mixed labels).
+    """
+    _check_images(images)
+    _check_labels(images, labels_onehot)
+    if alpha <= 0:
+        raise ValueError(f"mixup.alpha: {alpha!r}; expected > 0")
+    n = images.shape[0]
+    lam_key, perm_key = jax.random.split(key)
+    lam = jax.vmap(lambda k: _beta_symmetric(k, alpha))(jax.random.split(lam_key, n))
+    perm = _permutation(jax.random.uniform(perm_key, (n,)))
+    lam_x = lam.astype(images.dtype).reshape((n,) + (1,) * (images.ndim - 1))
+    lam_y = lam.astype(labels_onehot.dtype)[:, None]
+    return (lam_x * images + (1 - lam_x) * images[perm],
+            lam_y * labels_onehot + (1 - lam_y) * labels_onehot[perm])
+
+
+LabelMixer = Callable[[Array, Array, Array], tuple[Array, Array]]
+
+
+def label_mixer(mix: str, num_classes: int, *, mixup_alpha: float = 0.2,
+                cutmix_alpha: float = 1.0, switch_prob: float = 0.5,
+                per_sample: bool = False) -> LabelMixer | None:
+    """The step's label-mixing transform `(key, images, int labels) -> (images, soft targets)`.
+
+    mix: "none" (returns None), "mixup", "cutmix", or "mixup_cutmix": per batch, CutMix with
+    probability `switch_prob` and mixup otherwise (timm's `Mixup(switch_prob=...)`), the choice
+    drawn from its own part of the key. The targets are the mixed one-hot rows of
+    `num_classes` classes; label smoothing is not applied here (the task applies it once, to
+    the mixed targets: `tasks.Classification.soft_objective`).
+    """
+    if mix == "none":
+        return None
+    mix_mixup = functools.partial(mixup_per_sample if per_sample else mixup, alpha=mixup_alpha)
+    mix_cutmix = functools.partial(cutmix, alpha=cutmix_alpha)
+    if mix not in ("mixup", "cutmix", "mixup_cutmix"):
+        raise ValueError(f"train.mix: unknown {mix!r}; expected 'none', 'mixup', 'cutmix' or "
+                         "'mixup_cutmix'")
+
+    def apply(key, images, labels):
+        onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+        if mix == "mixup":
+            return mix_mixup(key, images, onehot)
+        if mix == "cutmix":
+            return mix_cutmix(key, images, onehot)
+        choice_key, key = jax.random.split(key)
+        use_cutmix = jax.random.uniform(choice_key) < switch_prob
+        return jax.lax.cond(use_cutmix, lambda a: mix_cutmix(*a), lambda a: mix_mixup(*a),
+                            (key, images, onehot))
+
+    return apply
+
+
+def mixer_from_config(cfg) -> LabelMixer | None:
+    """`label_mixer` of a parsed config's `train.mix*` fields and `model.num_classes`."""
+    t = cfg.train
+    return label_mixer(t.mix, getattr(cfg.model, "num_classes", 0), mixup_alpha=t.mixup_alpha,
+                       cutmix_alpha=t.cutmix_alpha, switch_prob=t.mix_switch_prob,
+                       per_sample=t.mix_per_sample)
+
+
 # --------------------------------------------------------------------------------------------------
 # Composition and config names
 

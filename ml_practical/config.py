@@ -41,6 +41,7 @@ NORMALIZATIONS = ("global", "none", "per_channel", "per_pixel")
 PLACEMENTS = ("auto", "device", "host")
 OPTIMIZERS = ("adam", "adamw", "momentum", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "step", "one_cycle")
+MIXES = ("none", "mixup", "cutmix", "mixup_cutmix")
 CLIPS = ("adaptive", "global_norm", "none", "value")
 L1_MODES = ("proximal", "subgradient")
 DECAY_MASKS = ("all", "kernels")
@@ -226,6 +227,15 @@ class TrainConfig(Section):
         error, real targets) or "binary" (sigmoid cross entropy, 0/1 labels); `ml_practical.tasks`.
       label_smoothing: classification only: a in [0, 1), targets (1 - a) onehot + a / K.
       augment: an `ml_practical.augment.get` name ("none", "shift_rotate", ...).
+      mix: label-mixing augmentation in the step (classification only; `augment.label_mixer`):
+        "none", "mixup" (Zhang et al. 2018), "cutmix" (Yun et al. 2019) or "mixup_cutmix" (one
+        of the two per batch, CutMix with probability mix_switch_prob, as timm's Mixup). The
+        step's targets become soft, lam ~ Beta(alpha, alpha); label_smoothing is then applied
+        once, to the mixed targets.
+      mixup_alpha, cutmix_alpha: the Beta concentrations (> 0).
+      mix_switch_prob: "mixup_cutmix": the probability that a batch gets CutMix.
+      mix_per_sample: mixup with one lam per example instead of one per batch (CutMix keeps one
+        box per batch, as in the paper's code).
       batching: "shuffle" (a seeded permutation per epoch, n // batch_size steps) or "full" (every
         step the whole training set in its stored order, `steps_per_epoch` steps: full-batch
         gradient descent).
@@ -258,6 +268,11 @@ class TrainConfig(Section):
     task: str = field("classification", choices=TASKS)
     label_smoothing: float = field(0.0, ge=0, lt=1)
     augment: str = "none"
+    mix: str = field("none", choices=MIXES)
+    mixup_alpha: float = field(0.2, gt=0)
+    cutmix_alpha: float = field(1.0, gt=0)
+    mix_switch_prob: float = field(0.5, ge=0, le=1)
+    mix_per_sample: bool = False
     batching: str = field("shuffle", choices=BATCHINGS)
     steps_per_epoch: int = field(0, ge=0)
     skip_nonfinite: bool = True
@@ -286,6 +301,17 @@ class TrainConfig(Section):
         if self.label_smoothing and self.task != "classification":
             raise ConfigError(f"train.label_smoothing: {self.label_smoothing}; only the "
                               f"'classification' task smooths labels, not {self.task!r}")
+        if self.mix != "none" and self.task != "classification":
+            raise ConfigError(f"train.mix: {self.mix!r} mixes class labels; the task is "
+                              f"{self.task!r}, expected 'classification' or mix 'none'")
+        if self.mix != "none" and self.grad_accum_steps > 1:
+            raise ConfigError(f"train.mix: {self.mix!r} with train.grad_accum_steps "
+                              f"{self.grad_accum_steps}: the micro-batches take integer labels; "
+                              "expected grad_accum_steps 1")
+        if self.mix_per_sample and self.mix != "mixup":
+            raise ConfigError(f"train.mix_per_sample: True with mix {self.mix!r}; one lam per "
+                              "example is mixup's (CutMix keeps one box per batch); expected "
+                              "mix 'mixup'")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -180,6 +180,7 @@ def program_key(cfg: Config, dataset: data_lib.Dataset, mesh: Mesh, total_steps:
             if t.augment in augment_lib.USES_NORM_STATS else None)
     return (cfg.model, cfg.optim, total_steps, t.task, t.label_smoothing, t.augment, fill,
             t.skip_nonfinite, t.guard, t.eval_batch_size, t.unroll, t.grad_accum_steps,
+            t.mix, t.mixup_alpha, t.cutmix_alpha, t.mix_switch_prob, t.mix_per_sample,
             placement.placement,
             placement.chunk_steps, mesh, step_metrics, record_clip, shapes)
 
@@ -196,7 +197,8 @@ def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
                                    mesh=mesh, step_metrics=step_metrics,
                                    unroll=cfg.train.unroll,
                                    grad_accum_steps=cfg.train.grad_accum_steps,
-                                   sam=train_lib.SAM.from_config(cfg.optim))
+                                   sam=train_lib.SAM.from_config(cfg.optim),
+                                   mix_fn=augment_lib.mixer_from_config(cfg))
     if placement.placement == "device" and cfg.train.unroll:
         # An unrolled epoch-long scan would compile every step: run it in chunks.
         build = lambda **kw: train_lib.in_chunks(make_epoch(**kw), placement.chunk_steps)

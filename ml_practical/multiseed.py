@@ -213,7 +213,8 @@ def build_seed_group(cfg: Config, seeds: Sequence[int], *, dataset: data_lib.Dat
                                                         exp.dataset.norm_stats),
                              mesh=exp.mesh, donate=False, step_metrics=step_metrics,
                              unroll=unroll, grad_accum_steps=cfg.train.grad_accum_steps,
-                             sam=train_lib.SAM.from_config(cfg.optim))
+                             sam=train_lib.SAM.from_config(cfg.optim),
+                                   mix_fn=augment_lib.mixer_from_config(cfg))
 
     def vmapped(skip_nonfinite: bool, donate: bool) -> Callable:
         epoch = jax.vmap(make(skip_nonfinite=skip_nonfinite), in_axes=(0, None, None, 0))

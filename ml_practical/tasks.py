@@ -36,6 +36,16 @@ class Classification:
     def objective(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         return losses.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
+    def soft_objective(self, logits: jax.Array, targets: jax.Array) -> jax.Array:
+        """Cross entropy against soft targets (mixup / CutMix rows), smoothed once here:
+        t <- (1 - a) t + a / K. Mixing smoothed one-hots gives the same targets (smoothing is
+        affine and the mixing weights sum to 1), so the order does not matter, only that it is
+        applied once."""
+        k = logits.shape[-1]
+        a = self.label_smoothing
+        t = targets if not a else (1.0 - a) * targets + a / k
+        return losses.soft_cross_entropy(logits, t)
+
     def train_metrics(self, logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
         # The data term without smoothing: comparable with val/loss and test/loss (NLL).
         return {"loss": losses.cross_entropy(logits, labels),

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ml_practical import distributed
+from ml_practical import distributed, losses
 from ml_practical import tasks as tasks_lib
 
 PyTree = Any
@@ -121,6 +121,10 @@ def sam_perturbation(grads: PyTree, params: PyTree, sam: SAM) -> PyTree:
     return jax.tree.map(lambda d: (scale * d).astype(d.dtype), direction)
 
 
+# fold_in tag of the label-mixing key: a step's dropout and augmentation keys stay the ones of
+# the same step without mixing.
+MIX_KEY_TAG = 0x4D4958
+
 StepMetrics = Callable[["TrainState", "TrainState", Mapping[str, jax.Array]], Mapping[str, Any]]
 
 
@@ -128,8 +132,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
                tx: optax.GradientTransformation, task: tasks_lib.Task | None = None,
                augment_fn: Callable | None = None, skip_nonfinite: bool = True,
                step_metrics: StepMetrics | None = None, grad_accum_steps: int = 1,
-               unroll: bool = False,
-               sam: SAM | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               unroll: bool = False, sam: SAM | None = None,
+               mix_fn: Callable | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. Pure: the new state and the step's metrics are its only outputs.
 
     Clipping, L2 / weight decay and L1 live in `tx`, never in the loss. With `skip_nonfinite`, a
@@ -180,6 +184,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         the step is SAM on the whole gradient batch, equal to k = 1 when nothing couples the
         rows (not per-micro-batch SAM, whose eps would change with k). Adds the metric
         "sam_grad_norm" (the norm of the gradient at w + eps).
+      mix_fn: label mixing (`augment.label_mixer`): `(key, images, labels) -> (images, soft
+        targets)`, applied after `augment_fn` with the key fold_in(step key, MIX_KEY_TAG) (the
+        dropout and augmentation keys are those of a step without it). The objective is then
+        `task.soft_objective` on the mixed targets, and the step's "loss" is the unsmoothed
+        cross entropy against them; "accuracy" is against the batch's own labels. Not with
+        grad_accum_steps > 1 (`config.TrainConfig.check` refuses it).
 
     Returns:
       (new state, metrics): the task's metrics ("loss", maybe "accuracy"), "objective",
@@ -192,12 +202,20 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
     images = batch["image"]
     if augment_fn is not None:
         images = augment_fn(augment_key, images)
+    targets = None
+    if mix_fn is not None:
+        if grad_accum_steps > 1:
+            raise ValueError("train_step: mix_fn with grad_accum_steps > 1 is not supported")
+        images, targets = mix_fn(jax.random.fold_in(step_key, MIX_KEY_TAG), images,
+                                 batch["label"])
 
     def loss_fn(params):
         logits, new_vars = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        return task.objective(logits, batch["label"]), (logits, new_vars)
+        if targets is None:
+            return task.objective(logits, batch["label"]), (logits, new_vars)
+        return task.soft_objective(logits, targets), (logits, new_vars)
 
     def gradient(params):
         if grad_accum_steps == 1:
@@ -239,6 +257,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         skipped = jnp.zeros((), jnp.float32)
 
     task_metrics = task.train_metrics(logits, batch["label"])
+    if targets is not None:  # the data term of what was trained on: the mixed targets
+        task_metrics = {**task_metrics, "loss": losses.soft_cross_entropy(logits, targets)}
     metrics = {
         "loss": task_metrics["loss"],
         "objective": objective,
@@ -313,7 +333,8 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
                      skip_nonfinite: bool = True, mesh: Mesh | None = None,
                      donate: bool = True, gather: bool = True,
                      step_metrics: StepMetrics | None = None, unroll: bool = False,
-                     grad_accum_steps: int = 1, sam: SAM | None = None) -> Callable:
+                     grad_accum_steps: int = 1, sam: SAM | None = None,
+                     mix_fn: Callable | None = None) -> Callable:
     """Returns `train_epoch(state, images, labels, batch_idx) -> (state, metrics)`, jitted once.
 
     `images`/`labels` are the device-resident training set and `batch_idx` an int32 array of shape
@@ -321,7 +342,7 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     as arrays of length num_batches (a few KiB), so the host syncs once per epoch. With `donate`
     the state buffer is donated (the epoch updates it in place); `replay_if_nonfinite` keeps it
     instead, to be able to replay the epoch. `task`, `augment_fn`, `skip_nonfinite`,
-    `step_metrics`, `grad_accum_steps` and `sam` are `train_step`'s.
+    `step_metrics`, `grad_accum_steps`, `sam` and `mix_fn` are `train_step`'s.
 
     With `gather=False` it returns `train_chunk(state, images, labels)` instead, a scan over batches
     already gathered on the host (images (K, batch, ...), labels (K, batch)): the unit of work of
@@ -334,7 +355,8 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation, *,
     """
     step = functools.partial(train_step, model=model, tx=tx, task=task, augment_fn=augment_fn,
                              skip_nonfinite=skip_nonfinite, step_metrics=step_metrics,
-                             grad_accum_steps=grad_accum_steps, unroll=unroll, sam=sam)
+                             grad_accum_steps=grad_accum_steps, unroll=unroll, sam=sam,
+                             mix_fn=mix_fn)
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
     def body(state, batch):
