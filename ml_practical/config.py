@@ -156,6 +156,11 @@ class OptimConfig(Section):
         by MULT; unmatched leaves 1.
       freeze: regexes of leaves that do not train (zero gradient, zero update, left out of
         clipping's norm). Every rule of the three must match some parameter.
+      ema_decay: an exponential moving average of the weights, kept in the optimizer state
+        (`ml_practical.averaging.param_ema`); 0 = off, else in (0, 1), e.g. 0.999.
+      swa_start_frac: stochastic weight averaging (`averaging.swa`) from this fraction of the
+        run's optimizer steps on; 0 = off, else in (0, 1), e.g. 0.75 (Izmailov et al. 2018).
+      swa_every_steps: SWA averages the weights every this many steps (e.g. an epoch's).
     """
 
     section: ClassVar[str] = "optim"
@@ -186,6 +191,9 @@ class OptimConfig(Section):
     wd_mults: tuple[str, ...] = ()
     lr_mults: tuple[str, ...] = ()
     freeze: tuple[str, ...] = ()
+    ema_decay: float = field(0.0, ge=0, lt=1)
+    swa_start_frac: float = field(0.0, ge=0, lt=1)
+    swa_every_steps: int = field(1, ge=1)
 
     def check(self):
         if self.sam_adaptive and not self.sam_rho:

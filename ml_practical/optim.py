@@ -390,12 +390,29 @@ def make_optimizer(cfg: OptimConfig, total_steps: int | None = None, *,
     if o.l1 > 0 and o.l1_mode == "proximal":
         parts.append(proximal_l1(o.l1, schedule, mask=mask))
     chain = optax.chain(*parts)
-    if not groups.frozen:
+    if groups.frozen:
+        if record_clip:
+            raise ValueError("optim.freeze: the clip recorder reads the plain chain's state; "
+                             "expected no frozen leaves in a run that records clipping")
+        # Frozen leaves: zeros instead of their gradient, before anything else sees it, no state.
+        labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
+                                             groups.is_frozen(params))
+        chain = optax.multi_transform({"train": chain, "frozen": optax.set_to_zero()}, labels)
+    averages = []
+    if o.ema_decay > 0:
+        from ml_practical import averaging
+        averages.append(averaging.param_ema(o.ema_decay))
+    if o.swa_start_frac > 0:
+        from ml_practical import averaging
+        if total_steps is None:
+            raise ValueError("optim.swa_start_frac: SWA needs total_steps (an integer)")
+        averages.append(averaging.swa(max(1, int(o.swa_start_frac * total_steps)),
+                                      o.swa_every_steps))
+    if not averages:
         return chain
     if record_clip:
-        raise ValueError("optim.freeze: the clip recorder reads the plain chain's state; "
-                         "expected no frozen leaves in a run that records clipping")
-    # Frozen leaves: zeros instead of their gradient, before anything else sees it, and no state.
-    labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
-                                         groups.is_frozen(params))
-    return optax.multi_transform({"train": chain, "frozen": optax.set_to_zero()}, labels)
+        raise ValueError("optim.ema_decay / swa_start_frac: the clip recorder reads the plain "
+                         "chain's state; expected no weight averaging in a run that records "
+                         "clipping")
+    # Last, so that they see the step's final updates (weights = params + updates).
+    return optax.chain(chain, *averages)
