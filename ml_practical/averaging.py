@@ -21,6 +21,7 @@ batch statistics, in training mode.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -107,6 +108,45 @@ def averaged_params(opt_state: PyTree, kind: str) -> PyTree:
     return state.mean
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_statistics(model, params, batch_stats, x, key):
+    """One batch's BatchNorm statistics (the model has bn_momentum 0); compiled once per model
+    and shape, the weights an argument."""
+    _, new = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": key})
+    return new["batch_stats"]
+
+
+def eval_weights(kind: str, state, model, train_x, *, batch_size: int,
+                 num_batches: int) -> tuple[PyTree, PyTree]:
+    """(params, batch_stats) to evaluate for `train.eval_weights` `kind`.
+
+    "last": the state's own. "ema" / "swa": the average in the optimizer state (SWA before its
+    first snapshot: the state's own weights), with BatchNorm statistics recomputed over the first
+    `num_batches` batches of `train_x` (0: the state's running statistics).
+    """
+    if kind == "last":
+        return state.params, state.batch_stats
+    try:
+        params = averaged_params(state.opt_state, kind)
+    except ValueError:
+        if kind == "swa" and has_average(state.opt_state, kind):
+            return state.params, state.batch_stats  # SWA has not started yet
+        raise
+    if not num_batches or not jax.tree.leaves(state.batch_stats):
+        return params, state.batch_stats
+    n = min(num_batches, len(train_x) // batch_size)
+    batches = [train_x[i * batch_size:(i + 1) * batch_size] for i in range(max(n, 1))]
+    return params, recalibrate_batch_stats(model, params, state.batch_stats, batches)
+
+
+def has_average(opt_state: PyTree, kind: str) -> bool:
+    """Whether the optimizer state holds an EMA ("ema") or SWA ("swa") average at all."""
+    cls = {"ema": ParamEMAState, "swa": SWAState}[kind]
+    return any(isinstance(s, cls)
+               for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, cls)))
+
+
 def recalibrate_batch_stats(model, params: PyTree, batch_stats: PyTree,
                             batches: Iterable[jax.Array], *, key: jax.Array | None = None
                             ) -> PyTree:
@@ -130,16 +170,10 @@ def recalibrate_batch_stats(model, params: PyTree, batch_stats: PyTree,
         raise ValueError(f"recalibrate_batch_stats: {type(model).__name__} has no bn_momentum")
     fresh = model.clone(bn_momentum=0.0)
     key = jax.random.PRNGKey(0) if key is None else key
-
-    @jax.jit
-    def one(x, k):
-        _, new = fresh.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                             mutable=["batch_stats"], rngs={"dropout": k})
-        return new["batch_stats"]
-
     total, n = None, 0
     for i, x in enumerate(batches):
-        stats = one(jnp.asarray(x), jax.random.fold_in(key, i))
+        stats = _batch_statistics(fresh, params, batch_stats, jnp.asarray(x),
+                                  jax.random.fold_in(key, i))
         total = stats if total is None else jax.tree.map(jnp.add, total, stats)
         n += 1
     if n == 0:

@@ -244,6 +244,13 @@ class TrainConfig(Section):
       mix_switch_prob: "mixup_cutmix": the probability that a batch gets CutMix.
       mix_per_sample: mixup with one lam per example instead of one per batch (CutMix keeps one
         box per batch, as in the paper's code).
+      eval_weights: the weights validation, early stopping and the test evaluate: "last" (the
+        trained weights), "ema" or "swa" (the average kept in the optimizer state, `optim.
+        ema_decay` / `optim.swa_start_frac`; before SWA's first snapshot, the trained weights).
+        Averaged weights get BatchNorm statistics recomputed first (`recalibrate_batches`).
+      recalibrate_batches: training batches (the first ones of the stored training set, of
+        batch_size rows, without augmentation) over which BatchNorm statistics are recomputed
+        for averaged weights (`averaging.recalibrate_batch_stats`); 0 keeps the running ones.
       batching: "shuffle" (a seeded permutation per epoch, n // batch_size steps) or "full" (every
         step the whole training set in its stored order, `steps_per_epoch` steps: full-batch
         gradient descent).
@@ -281,6 +288,8 @@ class TrainConfig(Section):
     cutmix_alpha: float = field(1.0, gt=0)
     mix_switch_prob: float = field(0.5, ge=0, le=1)
     mix_per_sample: bool = False
+    eval_weights: str = field("last", choices=("last", "ema", "swa"))
+    recalibrate_batches: int = field(16, ge=0)
     batching: str = field("shuffle", choices=BATCHINGS)
     steps_per_epoch: int = field(0, ge=0)
     skip_nonfinite: bool = True

@@ -281,6 +281,13 @@ def build_experiment(cfg: Config, dataset: data_lib.Dataset | None = None,
             raise ValueError(f"train.grad_accum_steps: {k} micro-batches of a batch of {value} "
                              f"rows; expected micro-batches of a whole number of rows that "
                              f"divide over {n_dev} devices")
+    kind = cfg.train.eval_weights
+    if (kind == "ema" and not cfg.optim.ema_decay) or (kind == "swa"
+                                                        and not cfg.optim.swa_start_frac):
+        from ml_practical.config import ConfigError
+        raise ConfigError(f"train.eval_weights: {kind!r} but the run keeps no such average; "
+                          "expected optim." + ("ema_decay > 0" if kind == "ema"
+                                               else "swa_start_frac > 0") + " or 'last'")
     groups = optim.param_groups_of(cfg.optim)
     if groups.active:  # every rule must name some parameter (shapes only: nothing is computed)
         shapes = jax.eval_shape(

@@ -68,7 +68,18 @@ class _OneRun:
         return state, [steps]
 
     def validate(self, state):
-        return [self.exp.evaluate(state.params, state.batch_stats, self.exp.val_split)]
+        return [self.exp.evaluate(*_eval_weights(self.exp, state), self.exp.val_split)]
+
+
+def _eval_weights(exp: Experiment, state) -> tuple[Any, Any]:
+    """The (params, batch_stats) that `train.eval_weights` evaluates (`averaging.eval_weights`)."""
+    t = exp.cfg.train
+    if t.eval_weights == "last":
+        return state.params, state.batch_stats
+    from ml_practical import averaging
+
+    return averaging.eval_weights(t.eval_weights, state, exp.model, exp.dataset.train_x,
+                                  batch_size=t.batch_size, num_batches=t.recalibrate_batches)
 
 
 class _SeedRuns:
@@ -342,7 +353,7 @@ def _fit(cfg: Config, exp: Experiment, workdir, hooks: list[Hook]) -> FitResult:
         if best.epoch != run.best_epoch:
             tested_note = (f"epoch {best.epoch}: the checkpoint of the best epoch "
                            f"{run.best_epoch} was damaged; the newest good step before it")
-    test = exp.evaluate(best_state.params, best_state.batch_stats, exp.test_split)
+    test = exp.evaluate(*_eval_weights(exp, best_state), exp.test_split)
     history = files.read_metrics()
     summary = exp.summary(
         test, history, best_epoch=best_epoch,
@@ -352,6 +363,8 @@ def _fit(cfg: Config, exp: Experiment, workdir, hooks: list[Hook]) -> FitResult:
         epochs_run=run.last_epoch, tested_epoch=tested_epoch)
     if tested_note is not None:
         summary["tested"] = tested_note
+    if cfg.train.eval_weights != "last":
+        summary["tested_weights"] = cfg.train.eval_weights
     if interrupted and interrupt.signum is not None:
         summary["signal"] = signal_name(interrupt.signum)
     files.write_summary(summary)
@@ -404,6 +417,10 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], workdir: str | os.PathLike | No
     if cfg.train.stats_every:
         raise ValueError(f"train.stats_every: {cfg.train.stats_every}; the vmapped seed mode "
                          "logs no per-layer statistics, expected 0 (or use seed_mode='sequential')")
+    if cfg.train.eval_weights != "last":
+        raise ValueError(f"train.eval_weights: {cfg.train.eval_weights!r}; the vmapped seed mode "
+                         "evaluates the trained weights only, expected 'last' (or use "
+                         "seed_mode='sequential')")
     hooks = list(hooks)
     group = multiseed.build_seed_group(cfg, seeds, dataset=dataset, mesh=mesh,
                                        step_metrics=combined_step_metrics(hooks))

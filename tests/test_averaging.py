@@ -104,3 +104,29 @@ def test_a_resumed_run_continues_the_average_exactly(tmp_path):
     assert not np.allclose(jax.tree.leaves(straight.state.params)[0],
                            jax.tree.leaves(averaging.averaged_params(straight.state.opt_state,
                                                                      "ema"))[0])
+
+
+def test_the_loop_evaluates_and_early_stops_on_the_averaged_weights(tmp_path):
+    # train.eval_weights="ema": every epoch's val metrics and the test are those of the EMA with
+    # recalibrated BatchNorm statistics, recomputed here from the saved state by hand.
+    from ml_practical import experiment
+
+    data = make_tiny_dataset()
+    cfg = tiny(**{"optim.ema_decay": 0.8, "train.eval_weights": "ema",
+                  "train.recalibrate_batches": 3, "model.norm": "batch",
+                  "train.num_epochs": 3})
+    result = loop.fit(cfg, tmp_path, dataset=data)
+    assert result.summary["tested_weights"] == "ema"
+    exp = experiment.build_experiment(cfg, dataset=data)
+    state = result.state
+    params = averaging.averaged_params(state.opt_state, "ema")
+    batches = [data.train_x[i * 32:(i + 1) * 32] for i in range(3)]
+    stats = averaging.recalibrate_batch_stats(cfg.model, params, state.batch_stats, batches)
+    test = exp.evaluate(params, stats, exp.test_split)
+    assert result.summary["test/loss"] == pytest.approx(float(test["loss"]), rel=1e-6)
+    last = exp.evaluate(state.params, state.batch_stats, exp.test_split)
+    assert abs(float(last["loss"]) - result.summary["test/loss"]) > 1e-6  # not the last weights
+    best = result.summary["best_epoch"]
+    assert result.history[best - 1]["val/loss"] is not None
+    with pytest.raises(config.ConfigError, match="train.eval_weights: 'swa'"):
+        loop.fit(tiny(**{"train.eval_weights": "swa"}), tmp_path / "x", dataset=data)
