@@ -639,20 +639,34 @@ _NAMED: dict[str, Callable[[Any], Augment | None]] = {
     "flip_crop": _flip_crop,
     "erasing": lambda stats: random_erasing,
     "color_jitter": lambda stats: color_jitter,
+    "trivial_augment": lambda stats: _policy("trivial_augment", stats),
+    "rand_augment": lambda stats, **kw: _policy("rand_augment", stats, **kw),
 }
 # Augmentations whose function depends on the data's normalization statistics.
-USES_NORM_STATS = ("flip_crop",)
+USES_NORM_STATS = ("flip_crop", "trivial_augment", "rand_augment")
+
+
+def _policy(name: str, stats, **options) -> Augment:
+    from ml_practical import augment_policy  # the op tables; imported when a policy is used
+
+    fn = getattr(augment_policy, name)
+    return jax.jit(functools.partial(fn, norm_stats=stats, **options))
 
 NAMES = tuple(sorted(_NAMED))
 
 
-def get(name: str, norm_stats: tuple[Any, Any] | None = None) -> Augment | None:
+def get(name: str, norm_stats: tuple[Any, Any] | None = None, *, magnitude: float = 0.5,
+        num_ops: int = 2) -> Augment | None:
     """The augmentation a config names (`cfg.train.augment`), or None for "none".
 
     Args:
-      name: one of NAMES: "color_jitter", "erasing", "flip_crop", "none", "shift", "shift_rotate".
+      name: one of NAMES: "color_jitter", "erasing", "flip_crop", "none", "rand_augment",
+        "shift", "shift_rotate", "trivial_augment".
       norm_stats: the data's (mean, std) (`data.Dataset.norm_stats`), for the names in
-        USES_NORM_STATS: "flip_crop" pads with the raw zero, `raw_zero(norm_stats)`.
+        USES_NORM_STATS: "flip_crop" pads with the raw zero, `raw_zero(norm_stats)`; the two
+        policies (`augment_policy`) work on raw intensities.
+      magnitude, num_ops: "rand_augment"'s M (in [0, 1]) and N (`train.augment_magnitude`,
+        `train.augment_num_ops`).
 
     Returns:
       A jittable fn(key, images) -> images, or None.
@@ -662,4 +676,6 @@ def get(name: str, norm_stats: tuple[Any, Any] | None = None) -> Augment | None:
     """
     if name not in _NAMED:
         raise ValueError(f"train.augment: unknown {name!r}; expected one of {list(NAMES)}")
+    if name == "rand_augment":
+        return _NAMED[name](norm_stats, magnitude=magnitude, num_ops=num_ops)
     return _NAMED[name](norm_stats)

@@ -234,7 +234,10 @@ class TrainConfig(Section):
       task: "classification" (softmax cross entropy, integer labels), "regression" (1/2 squared
         error, real targets) or "binary" (sigmoid cross entropy, 0/1 labels); `ml_practical.tasks`.
       label_smoothing: classification only: a in [0, 1), targets (1 - a) onehot + a / K.
-      augment: an `ml_practical.augment.get` name ("none", "shift_rotate", ...).
+      augment: an `ml_practical.augment.get` name ("none", "shift_rotate", "trivial_augment",
+        "rand_augment", ...).
+      augment_magnitude, augment_num_ops: "rand_augment"'s magnitude M in [0, 1] and its number
+        of ops per image N (`ml_practical.augment_policy`).
       mix: label-mixing augmentation in the step (classification only; `augment.label_mixer`):
         "none", "mixup" (Zhang et al. 2018), "cutmix" (Yun et al. 2019) or "mixup_cutmix" (one
         of the two per batch, CutMix with probability mix_switch_prob, as timm's Mixup). The
@@ -283,6 +286,8 @@ class TrainConfig(Section):
     task: str = field("classification", choices=TASKS)
     label_smoothing: float = field(0.0, ge=0, lt=1)
     augment: str = "none"
+    augment_magnitude: float = field(0.5, ge=0, le=1)
+    augment_num_ops: int = field(2, ge=1)
     mix: str = field("none", choices=MIXES)
     mixup_alpha: float = field(0.2, gt=0)
     cutmix_alpha: float = field(1.0, gt=0)

@@ -179,6 +179,7 @@ def program_key(cfg: Config, dataset: data_lib.Dataset, mesh: Mesh, total_steps:
     fill = (augment_lib.raw_zero(dataset.norm_stats).tobytes()
             if t.augment in augment_lib.USES_NORM_STATS else None)
     return (cfg.model, cfg.optim, total_steps, t.task, t.label_smoothing, t.augment, fill,
+            t.augment_magnitude, t.augment_num_ops,
             t.skip_nonfinite, t.guard, t.eval_batch_size, t.unroll, t.grad_accum_steps,
             t.mix, t.mixup_alpha, t.cutmix_alpha, t.mix_switch_prob, t.mix_per_sample,
             placement.placement,
@@ -193,7 +194,9 @@ def _build_program(cfg: Config, mesh: Mesh, total_steps: int,
     tx = optim.make_optimizer(cfg.optim, total_steps=total_steps, record_clip=record_clip)
     schedule = optim.make_schedule(cfg.optim, total_steps=total_steps)
     make_epoch = functools.partial(train_lib.make_train_epoch, model, tx, task=task,
-                                   augment_fn=augment_lib.get(cfg.train.augment, norm_stats),
+                                   augment_fn=augment_lib.get(cfg.train.augment, norm_stats,
+                                                    magnitude=cfg.train.augment_magnitude,
+                                                    num_ops=cfg.train.augment_num_ops),
                                    mesh=mesh, step_metrics=step_metrics,
                                    unroll=cfg.train.unroll,
                                    grad_accum_steps=cfg.train.grad_accum_steps,

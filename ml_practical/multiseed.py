@@ -209,8 +209,9 @@ def build_seed_group(cfg: Config, seeds: Sequence[int], *, dataset: data_lib.Dat
                          "'sequential')")
     unroll = cfg.train.unroll
     make = functools.partial(train_lib.make_train_epoch, exp.model, exp.tx, task=exp.task,
-                             augment_fn=augment_lib.get(cfg.train.augment,
-                                                        exp.dataset.norm_stats),
+                             augment_fn=augment_lib.get(cfg.train.augment, exp.dataset.norm_stats,
+                                                    magnitude=cfg.train.augment_magnitude,
+                                                    num_ops=cfg.train.augment_num_ops),
                              mesh=exp.mesh, donate=False, step_metrics=step_metrics,
                              unroll=unroll, grad_accum_steps=cfg.train.grad_accum_steps,
                              sam=train_lib.SAM.from_config(cfg.optim),
