@@ -309,7 +309,7 @@ def test_get_resolves_names_and_rejects_unknown():
     np.testing.assert_array_equal(augment.get("erasing")(key, images),
                                   augment.random_erasing(key, images))
     expected = "train.augment: unknown 'mixup'; expected one of ['color_jitter', 'erasing', " \
-               "'flip_crop', 'none', 'shift', 'shift_rotate']"
+               "'flip_crop', 'none', 'rand_augment', 'shift', 'shift_rotate', 'trivial_augment']"
     with pytest.raises(ValueError) as err:
         augment.get("mixup")
     assert str(err.value) == expected
