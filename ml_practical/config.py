@@ -161,6 +161,14 @@ class OptimConfig(Section):
       swa_start_frac: stochastic weight averaging (`averaging.swa`) from this fraction of the
         run's optimizer steps on; 0 = off, else in (0, 1), e.g. 0.75 (Izmailov et al. 2018).
       swa_every_steps: SWA averages the weights every this many steps (e.g. an epoch's).
+      plateau_factor: reduce-on-plateau (torch's ReduceLROnPlateau): after each validation, when
+        `plateau_monitor` has not improved by more than plateau_min_delta for more than
+        plateau_patience epochs, the learning rate's multiplier is multiplied by this factor
+        (down to plateau_min_scale). 0 = off, else in (0, 1). The multiplier and the rule's
+        counters live in the optimizer state, so checkpoints keep them and resume is exact; it
+        multiplies whatever `schedule` gives.
+      plateau_patience, plateau_monitor, plateau_mode ("min" / "max"), plateau_min_delta,
+        plateau_min_scale: the rule's settings.
     """
 
     section: ClassVar[str] = "optim"
@@ -194,6 +202,12 @@ class OptimConfig(Section):
     ema_decay: float = field(0.0, ge=0, lt=1)
     swa_start_frac: float = field(0.0, ge=0, lt=1)
     swa_every_steps: int = field(1, ge=1)
+    plateau_factor: float = field(0.0, ge=0, lt=1)
+    plateau_patience: int = field(2, ge=0)
+    plateau_monitor: str = "val/loss"
+    plateau_mode: str = field("min", choices=("min", "max"))
+    plateau_min_delta: float = field(0.0, ge=0)
+    plateau_min_scale: float = field(0.0, ge=0, le=1)
 
     def check(self):
         if self.sam_adaptive and not self.sam_rho:
@@ -211,6 +225,10 @@ class OptimConfig(Section):
         param_groups.parse_rules(self.wd_mults, "optim.wd_mults")
         param_groups.parse_rules(self.lr_mults, "optim.lr_mults")
         param_groups.parse_freeze(self.freeze)
+        if self.plateau_factor > 0 and self.l1 > 0 and self.l1_mode == "proximal":
+            raise ConfigError("optim.plateau_factor: reduce-on-plateau with optim.l1_mode="
+                              "'proximal' (whose threshold is the schedule's lr * l1); expected "
+                              "plateau_factor 0, or l1_mode='subgradient'")
         if self.lr_mults and self.l1 > 0 and self.l1_mode == "proximal":
             raise ConfigError("optim.lr_mults: per-leaf learning rates with optim.l1_mode="
                               "'proximal' (whose threshold is lr * l1 for every leaf); expected "

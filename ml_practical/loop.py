@@ -103,7 +103,8 @@ class _SeedRuns:
 def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
                schedule: Callable[[int], float], num_epochs: int, start_epoch: int,
                max_consecutive_skips: int, hooks: Sequence[Hook], wall_start: float,
-               interrupt: InterruptFlag | None = None) -> tuple[Any, bool]:
+               interrupt: InterruptFlag | None = None,
+               plateau: Callable | None = None) -> tuple[Any, bool]:
     """THE epoch loop (see the module docstring).
 
     Args:
@@ -121,6 +122,10 @@ def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
       hooks: called in order, each phase for all hooks (`Hook`).
       wall_start: the time the run started (earlier when resumed), for "wall_time_s".
       interrupt: the Ctrl-C / SIGTERM flag checked after every epoch.
+      plateau: `(state, records) -> state`, reduce-on-plateau's step after each validation
+        (`_plateau_rule`), before the hooks see the epoch (so its checkpoint holds the new
+        multiplier); the records then log "lr" times the multiplier the epoch trained with, and
+        "lr_scale".
 
     Returns:
       (final state, whether the loop stopped on an interrupt).
@@ -132,6 +137,10 @@ def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
             break
         t0 = time.time()
         lr = float(schedule(engine.step(state)))
+        scales = None
+        if plateau is not None:
+            from ml_practical import optim as optim_lib
+            scales = np.broadcast_to(optim_lib.plateau_scale(state.opt_state), (len(runs),))
         state, steps = engine.epoch(state, epoch, active)
         val = engine.validate(state)
         records: list[dict | None] = [None] * len(runs)
@@ -143,6 +152,8 @@ def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
                                                                  run.consecutive)
             record.update({f"val/{name}": value for name, value in val[i].items()})
             records[i] = record
+        if plateau is not None:
+            state = plateau(state, records)
         event = EpochEnd(epoch=epoch, state=state, runs=runs, active=active,
                          step_metrics=[s if a else None for s, a in zip(steps, active)],
                          records=records, improved=np.zeros(len(runs), bool))
@@ -151,7 +162,9 @@ def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
         now = time.time()
         for i in np.flatnonzero(active):
             run, record = runs[i], records[i]
-            record["lr"] = lr
+            record["lr"] = lr if scales is None else lr * float(scales[i])
+            if scales is not None:
+                record["lr_scale"] = float(scales[i])
             record["epoch_time_s"] = (now - t0) / share
             record["wall_time_s"] = (now - wall_start) / share
             if rule.enabled:
@@ -253,21 +266,47 @@ def _locked(workdir) -> WorkdirLock:
 
 
 def check_monitor(cfg: Config, exp: Experiment, hooks: Sequence[Hook]) -> None:
-    """Refuses, before the first epoch, an early-stopping monitor that no record will hold."""
-    rule = cfg.early_stopping
-    if not rule.enabled:
-        return
+    """Refuses, before the first epoch, an early-stopping (or reduce-on-plateau) monitor that no
+    record will hold."""
     names = {"epoch", "train/skipped_steps", "train/loss", "train/objective", "grad_norm", "lr",
              "epoch_time_s", "wall_time_s"}
     names |= {f"train/{m}" for m in exp.task.metric_names} | {f"val/{m}" for m in
                                                               exp.task.metric_names}
     prefixes = tuple(p for h in hooks for p in getattr(h, "metric_prefixes", ()))
     declared = {n for h in hooks for n in getattr(h, "metric_names", ())}
-    if rule.monitor in names | declared or rule.monitor.startswith(prefixes or ("\0",)):
-        return
-    raise ConfigError(f"early_stopping.monitor: {rule.monitor!r} is not a metric of this run; "
-                      f"{suggest(rule.monitor, sorted(names | declared))}expected one of "
-                      f"{sorted(names | declared)}")
+    checks = []
+    if cfg.early_stopping.enabled:
+        checks.append(("early_stopping.monitor", cfg.early_stopping.monitor))
+    if cfg.optim.plateau_factor > 0:
+        # Read before the hooks' metrics are added: a validation or training metric.
+        checks.append(("optim.plateau_monitor", cfg.optim.plateau_monitor))
+    for field, monitor in checks:
+        if monitor in names | declared or monitor.startswith(prefixes or ("\0",)):
+            if field == "optim.plateau_monitor" and monitor not in names:
+                raise ConfigError(f"optim.plateau_monitor: {monitor!r} is a hook's metric; "
+                                  "the plateau rule reads the loop's own (val/..., train/...)")
+            continue
+        raise ConfigError(f"{field}: {monitor!r} is not a metric of this run; "
+                          f"{suggest(monitor, sorted(names | declared))}expected one of "
+                          f"{sorted(names | declared)}")
+
+
+def _plateau_rule(cfg: Config) -> Callable | None:
+    """(state, records) -> state after reduce-on-plateau's step (`optim.plateau_step`)."""
+    if not cfg.optim.plateau_factor > 0:
+        return None
+    from ml_practical import optim as optim_lib
+
+    monitor = cfg.optim.plateau_monitor
+
+    def apply(state, records):
+        values = np.array([r[monitor] if r is not None else np.nan for r in records], np.float32)
+        scale = optim_lib.plateau_scale(state.opt_state)
+        values = values.reshape(np.shape(scale)) if np.ndim(scale) else values[0]
+        return state.replace(opt_state=optim_lib.plateau_step(state.opt_state, values,
+                                                              cfg.optim))
+
+    return apply
 
 
 PARAM_GROUPS_FILE = "param_groups.json"
@@ -334,7 +373,7 @@ def _fit(cfg: Config, exp: Experiment, workdir, hooks: list[Hook]) -> FitResult:
             _OneRun(exp), state, [run], rule=rule, schedule=exp.schedule,
             num_epochs=cfg.train.num_epochs, start_epoch=start_epoch,
             max_consecutive_skips=cfg.train.max_consecutive_skips, hooks=all_hooks,
-            wall_start=wall_start, interrupt=interrupt)
+            wall_start=wall_start, interrupt=interrupt, plateau=_plateau_rule(cfg))
     bar.close()
 
     best = ckpt.restore_best(fresh, run.best_epoch)
@@ -465,7 +504,7 @@ def _fit_seeds(cfg, group, seeds, workdir, hooks) -> list[FitResult]:
             _SeedRuns(group), states, runs, rule=rule, schedule=exp.schedule,
             num_epochs=cfg.train.num_epochs, start_epoch=1,
             max_consecutive_skips=cfg.train.max_consecutive_skips, hooks=all_hooks,
-            wall_start=wall_start, interrupt=interrupt)
+            wall_start=wall_start, interrupt=interrupt, plateau=_plateau_rule(cfg))
     bar.close()
     group_wall = time.time() - wall_start
 

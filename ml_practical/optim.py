@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ml_practical.config import CLIPS, OptimConfig
@@ -325,6 +326,67 @@ def scale_by_leaf(mults) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+class PlateauState(NamedTuple):
+    """Reduce-on-plateau's state: the lr multiplier, the best monitored value (as "min": a
+    "max" monitor is stored negated) and the epochs since it improved."""
+
+    scale: jax.Array
+    best: jax.Array
+    bad_epochs: jax.Array
+
+
+def scale_by_plateau() -> optax.GradientTransformation:
+    """u *= scale, scale from the state; `plateau_step` changes the state between epochs."""
+
+    def init(params):
+        return PlateauState(scale=jnp.ones((), jnp.float32),
+                            best=jnp.full((), jnp.inf, jnp.float32),
+                            bad_epochs=jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def plateau_step(opt_state, values, cfg: OptimConfig):
+    """The optimizer state after one validation: reduce-on-plateau's rule on `values`.
+
+    torch's ReduceLROnPlateau (threshold_mode "abs", cooldown 0): with v the monitored value
+    (negated for mode "max"), v < best - min_delta is an improvement (best = v, bad = 0), else
+    bad += 1; when bad > patience, scale = max(scale * factor, min_scale) and bad = 0. Host-side,
+    on numpy; `values` has the shape of the state's leaves (one per stacked seed, or a scalar).
+    A non-finite value counts as no improvement. The new leaves keep the old ones' sharding.
+    """
+    o = _typed(cfg)
+    sign = 1.0 if o.plateau_mode == "min" else -1.0
+
+    def step(s: PlateauState) -> PlateauState:
+        v = sign * np.asarray(values, np.float32)
+        scale, best, bad = (np.asarray(jax.device_get(x)) for x in s)
+        better = np.isfinite(v) & (v < best - o.plateau_min_delta)
+        best = np.where(better, v, best).astype(np.float32)
+        bad = np.where(better, 0, bad + 1).astype(np.int32)
+        reduce = bad > o.plateau_patience
+        scale = np.where(reduce, np.maximum(scale * o.plateau_factor, o.plateau_min_scale),
+                         scale).astype(np.float32)
+        bad = np.where(reduce, 0, bad).astype(np.int32)
+        put = lambda new, old: jax.device_put(new, old.sharding) if hasattr(old, "sharding") \
+            else jnp.asarray(new)
+        return PlateauState(scale=put(scale, s.scale), best=put(best, s.best),
+                            bad_epochs=put(bad, s.bad_epochs))
+
+    return jax.tree.map(lambda s: step(s) if isinstance(s, PlateauState) else s, opt_state,
+                        is_leaf=lambda x: isinstance(x, PlateauState))
+
+
+def plateau_scale(opt_state) -> np.ndarray | None:
+    """The reduce-on-plateau multiplier in an optimizer state (None when the chain has none)."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, PlateauState))
+             if isinstance(s, PlateauState)]
+    return np.asarray(jax.device_get(found[0].scale)) if found else None
+
+
 def param_groups_of(cfg: OptimConfig):
     """The `param_groups.Groups` of an optim section (its wd_mults, lr_mults, freeze)."""
     from ml_practical import param_groups
@@ -385,6 +447,8 @@ def make_optimizer(cfg: OptimConfig, total_steps: int | None = None, *,
     if o.weight_decay > 0:
         parts.append(decay(o.weight_decay))
     parts.append(optax.scale_by_learning_rate(schedule))
+    if o.plateau_factor > 0:
+        parts.append(scale_by_plateau())  # lr_t * scale: before the proximal step reads lr_t
     if groups.lr_rules:
         parts.append(scale_by_leaf(groups.lr_mults))
     if o.l1 > 0 and o.l1_mode == "proximal":
