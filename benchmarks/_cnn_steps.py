@@ -30,14 +30,16 @@ def arguments(description: str) -> argparse.Namespace:
 def time_variants(variants: dict[str, tuple[dict, dict]], args) -> dict[str, float]:
     """{name: samples/s}: each variant (model field overrides, make_train_epoch keywords) runs
     `steps` unrolled steps of random 28x28 batches per call, one call per variant in turn for
-    `rounds` rounds after a compiling one (so load drifts hit every variant alike); best round."""
+    `rounds` rounds after a compiling one (so load drifts hit every variant alike); best round.
+    A "tx" keyword replaces the optimizer (default Adam 1e-3)."""
     bs, steps = args.batch_size, args.steps
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((steps, bs, 28, 28, 1), dtype=np.float32))
     labels = jnp.asarray(rng.integers(0, 10, (steps, bs)).astype(np.int32))
-    tx = optax.adam(1e-3)
     fns, states = {}, {}
     for name, (extra, kwargs) in variants.items():
+        kwargs = dict(kwargs)
+        tx = kwargs.pop("tx", None) or optax.adam(1e-3)
         model = models.build_model("cnn", {**CNN_FIELDS, **extra})
         fns[name] = train.make_train_epoch(model, tx, task=tasks.Classification(),
                                            skip_nonfinite=False, gather=False, unroll=True,

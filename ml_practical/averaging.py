@@ -48,7 +48,9 @@ def param_ema(decay: float) -> optax.GradientTransformation:
         raise ValueError(f"optim.ema_decay: {decay!r}; expected 0 < decay < 1")
 
     def init(params):
-        return ParamEMAState(ema=jax.tree.map(jnp.asarray, params))
+        # A copy, not the params' own buffers: a train step donates the state, and one buffer
+        # in two places of a donated tree is an error.
+        return ParamEMAState(ema=jax.tree.map(lambda p: jnp.array(p, copy=True), params))
 
     def update(updates, state, params=None):
         if params is None:

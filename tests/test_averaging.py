@@ -130,3 +130,18 @@ def test_the_loop_evaluates_and_early_stops_on_the_averaged_weights(tmp_path):
     assert result.history[best - 1]["val/loss"] is not None
     with pytest.raises(config.ConfigError, match="train.eval_weights: 'swa'"):
         loop.fit(tiny(**{"train.eval_weights": "swa"}), tmp_path / "x", dataset=data)
+
+
+def test_a_fresh_state_with_an_ema_can_be_donated_to_the_compiled_epoch():
+    # The EMA starts as a copy of the weights: sharing their buffers made the donated epoch fail
+    # ("Attempt to donate the same buffer twice").
+    from ml_practical import tasks, train
+
+    model = MLP(widths=(4,), num_classes=3, norm="none")
+    tx = optim.make_optimizer(_cfg(ema_decay=0.9))
+    state = train.create_train_state(model, tx, jax.random.key(0), (2, 2, 1))
+    epoch = train.make_train_epoch(model, tx, task=tasks.Classification(), gather=False)
+    x = jnp.zeros((2, 8, 2, 2, 1))
+    y = jnp.zeros((2, 8), jnp.int32)
+    new, _ = epoch(state, x, y)
+    assert int(new.step) == 2
