@@ -257,13 +257,15 @@ def test_every_experiment_config_parses():
     from experiments.bn_placement.main import BNPlacementStudy
     from experiments.depth_residual.main import DepthResidualStudy
     from experiments.lab_cnn.rows import LabCnnStudy
+    from experiments.sam_dropout.main import SamDropoutStudy
 
     for study, names in ((BatchNormBatchStudy, ("batch_norm_batch", "batch_norm_batch_full")),
                          (BNInitStudy, ("bn_init", "bn_init_full")),
                          (BNLrStudy, ("bn_lr", "bn_lr_full")),
                          (BNPlacementStudy, ("bn_placement", "bn_placement_full")),
                          (DepthResidualStudy, ("depth_residual", "depth_residual_full")),
-                         (LabCnnStudy, ("lab_cnn", "lab_cnn_full", "lab_cnn_cifar10"))):
+                         (LabCnnStudy, ("lab_cnn", "lab_cnn_full", "lab_cnn_cifar10")),
+                         (SamDropoutStudy, ("sam_dropout", "sam_dropout_full"))):
         studies.update(dict.fromkeys(names, study))
     from experiments.audit.main import AuditConfig
 

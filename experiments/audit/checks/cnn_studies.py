@@ -27,6 +27,7 @@ STUDIES = {
     "BN-14": ("bn_placement", "replace"),
     "BN-16": ("batch_norm_batch", "supersede"),
     "EXP-06": ("depth_residual", "replace"),
+    "EXP-07": ("sam_dropout", "replace"),
 }
 
 
