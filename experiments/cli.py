@@ -301,3 +301,32 @@ def run(main) -> None:
             sys.exit(128 + signum)
         return out
     app.run(guarded)
+
+
+class StudyInterrupted(Exception):
+    """A signal stopped one of a study's runs (its state is saved: rerunning resumes it)."""
+
+
+def execute_study(run: Start, run_study, report, dataset=None, *, log=None,
+                  quiet: bool = False) -> dict[str, Any] | None:
+    """A study whose `run_study(cfg, workdir, dataset, log=...)` returns its results and whose
+    `report` module has write_figures / format_analysis / format_results: runs it, then writes
+    the figures, analysis.md and (`finish`) results.json / results.md. None, and no report,
+    when a signal stopped a run (`StudyInterrupted`)."""
+    import time
+
+    t0 = time.time()
+    try:
+        results = run_study(run.cfg, run.workdir, dataset, log=log)
+    except StudyInterrupted as e:
+        print(f"Interrupted during {e}: the finished runs are kept; rerun the same command to "
+              "resume.", flush=True)
+        return None
+    wall = time.time() - t0
+    results["wall_time_s"] = wall
+    figures = report.write_figures(results, run.workdir)
+    run_files.atomic_write_text(run.workdir / "analysis.md",
+                                report.format_analysis(results, run.cfg))
+    finish(run, wall, results, report.format_results(results, run.cfg, run.command),
+           figures, quiet=quiet)
+    return results

@@ -90,8 +90,7 @@ def _record(seed: int, summary: dict, history: list[dict], sharp: dict) -> dict:
             "sharpness_time_s": sharp.get("time_s", math.nan)}
 
 
-class Interrupted(Exception):
-    """A signal stopped a run (its state is saved: rerunning the command resumes it)."""
+Interrupted = cli.StudyInterrupted  # a signal stopped a run (rerunning the command resumes it)
 
 
 def train_accuracy(model, state, dataset, batch: int = 1000) -> float:
@@ -229,23 +228,9 @@ def run_study(cfg: config_lib.Config, workdir, dataset: data_lib.Dataset | None 
 def execute(run: cli.Start, dataset: data_lib.Dataset | None = None, *,
             log: Callable[[str], None] | None = None,
             quiet: bool = False) -> dict[str, Any] | None:
-    """The study from a parsed `cli.Start`: the runs, the figures, results.json / results.md
-    (`cli.finish`) and analysis.md. None, and no report, when a signal stopped a run."""
-    t0 = time.time()
-    try:
-        results = run_study(run.cfg, run.workdir, dataset, log=log)
-    except Interrupted as e:
-        print(f"Interrupted during {e}: the finished runs are kept; rerun the same command to "
-              "resume.", flush=True)
-        return None
-    wall = time.time() - t0
-    results["wall_time_s"] = wall
-    figures = report.write_figures(results, run.workdir)
-    run_files.atomic_write_text(run.workdir / "analysis.md",
-                                report.format_analysis(results, run.cfg))
-    cli.finish(run, wall, results, report.format_results(results, run.cfg, run.command),
-               figures, quiet=quiet)
-    return results
+    """The study from a parsed `cli.Start` (`cli.execute_study`): the runs, the figures,
+    results.json / results.md and analysis.md. None, and no report, when a signal stopped a run."""
+    return cli.execute_study(run, run_study, report, dataset, log=log, quiet=quiet)
 
 
 def main(argv):
