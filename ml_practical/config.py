@@ -344,10 +344,6 @@ class TrainConfig(Section):
         if self.mix != "none" and self.task != "classification":
             raise ConfigError(f"train.mix: {self.mix!r} mixes class labels; the task is "
                               f"{self.task!r}, expected 'classification' or mix 'none'")
-        if self.mix != "none" and self.grad_accum_steps > 1:
-            raise ConfigError(f"train.mix: {self.mix!r} with train.grad_accum_steps "
-                              f"{self.grad_accum_steps}: the micro-batches take integer labels; "
-                              "expected grad_accum_steps 1")
         if self.mix_per_sample and self.mix != "mixup":
             raise ConfigError(f"train.mix_per_sample: True with mix {self.mix!r}; one lam per "
                               "example is mixup's (CutMix keeps one box per batch); expected "

@@ -96,8 +96,23 @@ class _SeedRuns:
         return states, [multiseed.take(steps, i) for i in range(len(self.group.seeds))]
 
     def validate(self, states):
-        val = self.group.evaluate(states.params, states.batch_stats, self.group.exp.val_split)
+        val = self.group.evaluate(*_seed_eval_weights(self.group.exp, states),
+                                  self.group.exp.val_split)
         return [{k: float(v[i]) for k, v in val.items()} for i in range(len(self.group.seeds))]
+
+
+def _seed_eval_weights(exp: Experiment, states) -> tuple[Any, Any]:
+    """`_eval_weights` of every seed of a stacked state, stacked again (leading axis S).
+
+    Seed by seed, so seed s evaluates what its sequential run would (its own average, its own
+    BatchNorm recalibration over the same first training batches); the recalibration passes
+    are a few forward passes per seed, small next to an epoch.
+    """
+    if exp.cfg.train.eval_weights == "last":
+        return states.params, states.batch_stats
+    count = int(states.step.shape[0])
+    each = [_eval_weights(exp, multiseed.take(states, i)) for i in range(count)]
+    return jax.tree.map(lambda *a: jnp.stack(a), *each)
 
 
 def run_epochs(engine: Any, state: Any, runs: list[Run], *, rule: EarlyStopping,
@@ -456,10 +471,6 @@ def fit_seeds(cfg: Config, seeds: Sequence[int], workdir: str | os.PathLike | No
     if cfg.train.stats_every:
         raise ValueError(f"train.stats_every: {cfg.train.stats_every}; the vmapped seed mode "
                          "logs no per-layer statistics, expected 0 (or use seed_mode='sequential')")
-    if cfg.train.eval_weights != "last":
-        raise ValueError(f"train.eval_weights: {cfg.train.eval_weights!r}; the vmapped seed mode "
-                         "evaluates the trained weights only, expected 'last' (or use "
-                         "seed_mode='sequential')")
     hooks = list(hooks)
     group = multiseed.build_seed_group(cfg, seeds, dataset=dataset, mesh=mesh,
                                        step_metrics=combined_step_metrics(hooks))
@@ -513,7 +524,7 @@ def _fit_seeds(cfg, group, seeds, workdir, hooks) -> list[FitResult]:
     best = keep_best.best
     if never.any():
         best = multiseed.select(jnp.asarray(never), states, best)
-    test = group.evaluate(best.params, best.batch_stats, exp.test_split)
+    test = group.evaluate(*_seed_eval_weights(exp, best), exp.test_split)
     num_params = int(sum(x[0].size for x in jax.tree.leaves(best.params)))
     results = []
     for i, run in enumerate(runs):
@@ -525,6 +536,8 @@ def _fit_seeds(cfg, group, seeds, workdir, hooks) -> list[FitResult]:
             epochs_run=run.last_epoch,
             tested_epoch=run.last_epoch if run.best_epoch is None else run.best_epoch)
         summary.update(seed_mode="vmap", seeds_together=seeds, group_wall_time_s=group_wall)
+        if cfg.train.eval_weights != "last":
+            summary["tested_weights"] = cfg.train.eval_weights
         if interrupted and interrupt.signum is not None:
             summary["signal"] = signal_name(interrupt.signum)
         if run.files is not None:

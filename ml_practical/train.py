@@ -188,8 +188,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         targets)`, applied after `augment_fn` with the key fold_in(step key, MIX_KEY_TAG) (the
         dropout and augmentation keys are those of a step without it). The objective is then
         `task.soft_objective` on the mixed targets, and the step's "loss" is the unsmoothed
-        cross entropy against them; "accuracy" is against the batch's own labels. Not with
-        grad_accum_steps > 1 (`config.TrainConfig.check` refuses it).
+        cross entropy against them; "accuracy" is against the batch's own labels. With
+        grad_accum_steps k > 1 the whole gradient batch is mixed once, before the cut (as the
+        augmentation is: partners come from the whole batch), and the micro-batches carry their
+        rows' soft targets, so the step equals k = 1 when nothing couples the rows.
 
     Returns:
       (new state, metrics): the task's metrics ("loss", maybe "accuracy"), "objective",
@@ -204,26 +206,25 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         images = augment_fn(augment_key, images)
     targets = None
     if mix_fn is not None:
-        if grad_accum_steps > 1:
-            raise ValueError("train_step: mix_fn with grad_accum_steps > 1 is not supported")
         images, targets = mix_fn(jax.random.fold_in(step_key, MIX_KEY_TAG), images,
                                  batch["label"])
+    # What the objective compares the logits with: the labels, or the mixed soft targets.
+    fit_to, objective_fn = ((batch["label"], task.objective) if targets is None
+                            else (targets, task.soft_objective))
 
     def loss_fn(params):
         logits, new_vars = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        if targets is None:
-            return task.objective(logits, batch["label"]), (logits, new_vars)
-        return task.soft_objective(logits, targets), (logits, new_vars)
+        return objective_fn(logits, fit_to), (logits, new_vars)
 
     def gradient(params):
         if grad_accum_steps == 1:
             (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 params)
             return objective, logits, new_vars, grads
-        return _accumulated_grads(params, state.batch_stats, images, batch["label"], model,
-                                  task, dropout_key, grad_accum_steps, unroll)
+        return _accumulated_grads(params, state.batch_stats, images, fit_to, model,
+                                  objective_fn, dropout_key, grad_accum_steps, unroll)
 
     objective, logits, new_vars, grads = gradient(state.params)
     grad_norm = optax.tree.norm(grads)
@@ -276,12 +277,15 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
 
 
 def _accumulated_grads(params: PyTree, batch_stats: PyTree, images: jax.Array,
-                       labels: jax.Array, model: nn.Module, task: tasks_lib.Task,
+                       targets: jax.Array, model: nn.Module, objective_fn: Callable,
                        dropout_key: jax.Array, k: int, unroll: bool):
     """`train_step`'s gradient at `params` over k strided micro-batches (its `grad_accum_steps`).
 
-    `batch_stats` are the running statistics before the step. Returns (mean objective, logits in
-    the batch's row order, {"batch_stats": after the last micro-batch}, mean gradient).
+    `batch_stats` are the running statistics before the step; `targets` are one row per image
+    (integer labels, or mixed soft targets of shape (N, C)), cut with the images, and
+    `objective_fn(logits, targets)` the per-micro-batch mean objective (`task.objective` or
+    `task.soft_objective`). Returns (mean objective, logits in the batch's row order,
+    {"batch_stats": after the last micro-batch}, mean gradient).
     """
     n = images.shape[0]
     if n % k:
@@ -298,7 +302,7 @@ def _accumulated_grads(params: PyTree, batch_stats: PyTree, images: jax.Array,
             logits, new_vars = model.apply(
                 {"params": params, "batch_stats": batch_stats}, x, train=True,
                 rngs={"dropout": jax.random.fold_in(dropout_key, i)}, mutable=["batch_stats"])
-            return task.objective(logits, y), (logits, new_vars)
+            return objective_fn(logits, y), (logits, new_vars)
 
         (objective, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params)
@@ -309,7 +313,7 @@ def _accumulated_grads(params: PyTree, batch_stats: PyTree, images: jax.Array,
     zeros = jax.tree.map(jnp.zeros_like, params)
     (grad_sum, objective_sum, batch_stats), logits = jax.lax.scan(
         micro, (zeros, jnp.zeros((), jnp.float32), batch_stats),
-        (jnp.arange(k), cut(images), cut(labels)), unroll=unroll)
+        (jnp.arange(k), cut(images), cut(targets)), unroll=unroll)
     logits = jnp.swapaxes(logits, 0, 1).reshape(n, *logits.shape[2:])  # back to row order
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     return objective_sum / k, logits, {"batch_stats": batch_stats}, grads

@@ -264,8 +264,8 @@ def test_every_experiment_config_parses():
                          (BNLrStudy, ("bn_lr", "bn_lr_full")),
                          (BNPlacementStudy, ("bn_placement", "bn_placement_full")),
                          (DepthResidualStudy, ("depth_residual", "depth_residual_full")),
-                         (LabCnnStudy, ("lab_cnn", "lab_cnn_full", "lab_cnn_cifar10")),
-                         (SamDropoutStudy, ("sam_dropout", "sam_dropout_full"))):
+                         (LabCnnStudy, ("lab_cnn", "lab_cnn_full", "lab_cnn_cifar10", "toolkit_lab")),
+                         (SamDropoutStudy, ("sam_dropout", "sam_dropout_full", "sam_dropout_mlp"))):
         studies.update(dict.fromkeys(names, study))
     from experiments.audit.main import AuditConfig
 

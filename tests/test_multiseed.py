@@ -153,3 +153,28 @@ def test_seed_mode_and_seeds_are_validated(tmp_path):
     (loop.seed_dir(tmp_path, 1) / "checkpoints" / "3").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"seed_1 holds checkpoints of a sequential run"):
         loop.fit_seeds(tiny(), SEEDS, tmp_path, dataset=dataset)
+
+
+@pytest.mark.parametrize("kind, overrides", [
+    ("ema", {"optim.ema_decay": 0.8}),
+    ("swa", {"optim.swa_start_frac": 0.3, "optim.swa_every_steps": 2}),
+])
+def test_fit_seeds_evaluates_each_seeds_average_as_its_sequential_run_does(tmp_path, kind,
+                                                                          overrides):
+    # train.eval_weights under vmapped seeds: every seed's validation curve (which early
+    # stopping reads), best epoch and test metrics are those of its own average, with its own
+    # BatchNorm recalibration, as in the sequential run of that seed.
+    dataset = make_tiny_dataset()
+    cfg = tiny(**{**overrides, "train.eval_weights": kind, "train.recalibrate_batches": 2,
+                  "model.norm": "batch", "train.num_epochs": 3})
+    results = loop.fit_seeds(cfg, SEEDS[:2], tmp_path / "vmap", dataset=dataset)
+    for s, mine in zip(SEEDS[:2], results):
+        ref = loop.fit(loop.with_seed(cfg, s), tmp_path / f"seq_{s}", dataset=dataset)
+        assert mine.summary["tested_weights"] == ref.summary["tested_weights"] == kind
+        assert mine.summary["best_epoch"] == ref.summary["best_epoch"]
+        assert mine.summary["test/loss"] == pytest.approx(ref.summary["test/loss"], rel=1e-5)
+        for r, q in zip(mine.history, ref.history, strict=True):
+            assert r["val/loss"] == pytest.approx(q["val/loss"], rel=1e-5)
+    # The two seeds' averages differ, so the seed axis was not broadcast.
+    assert results[0].summary["test/loss"] != pytest.approx(results[1].summary["test/loss"],
+                                                            rel=1e-4)

@@ -21,7 +21,14 @@ it adds to the parent's, so a row's resolved overrides are the chain from row 1 
   7d  bn_after         label_smoothing  BatchNorm after the ReLU (chapter option B)
   7e  cosine           label_smoothing  1 epoch linear warmup, then cosine to 0
 
-The default selection is rows 1-8; the 7a-7e variants run when named in `cfg.only` ("all" runs
+The toolkit's variants (`TOOLKIT`), each one change to row 7, not rows of the chapter's table:
+  7f mixup (alpha 0.2)   7g cutmix (alpha 1)   8b trivial_augment   8c rand_augment (2 ops, 0.5)
+  7h ema (decay 0.99, evaluated on the EMA)    7i swa (from 50 % of the steps, every 1/4 epoch)
+  7j sam (rho 0.05)      7k one_cycle          7l step_decay (x0.1 at 50 %, 75 %)
+  7m decay_all (L2 on BN gamma / beta and biases too: the recipe "no decay on norm and bias"
+     is row 7 itself, the library's default kernel-only mask)
+
+The default selection is rows 1-8; the 7a-7m and 8b-8c variants run when named in `cfg.only` ("all" runs
 every row). Everything the rows do not override comes from the study config, which is the chapter's
 setup (experiments/configs/ablation.py).
 
@@ -148,9 +155,41 @@ _ROWS = (
     Row("cosine", "7e", "row 7 + 1-epoch linear warmup, then cosine decay to 0", "warmup+cosine",
         {"optim.schedule": "warmup_cosine", "optim.warmup_steps": Epochs(1),
          "optim.end_lr_factor": 0.0}, parent="label_smoothing"),
+    # The toolkit's pieces, each one change to row 7 (TOOLKIT below; not the chapter's table).
+    Row("mixup", "7f", "row 7 + mixup (alpha 0.2, one lam per batch)", "mixup 0.2",
+        {"train.mix": "mixup", "train.mixup_alpha": 0.2}, parent="label_smoothing"),
+    Row("cutmix", "7g", "row 7 + CutMix (alpha 1)", "CutMix 1.0",
+        {"train.mix": "cutmix", "train.cutmix_alpha": 1.0}, parent="label_smoothing"),
+    Row("trivial_augment", "8b", "row 7 + TrivialAugment (one op per image, random magnitude)",
+        "TrivialAugment", {"train.augment": "trivial_augment"}, parent="label_smoothing"),
+    Row("rand_augment", "8c", "row 7 + RandAugment (2 ops per image, magnitude 0.5)",
+        "RandAugment 2x0.5", {"train.augment": "rand_augment", "train.augment_num_ops": 2,
+                              "train.augment_magnitude": 0.5}, parent="label_smoothing"),
+    Row("ema", "7h", "row 7, validated and tested on an EMA of the weights (decay 0.99, BN "
+        "recalibrated on 20 batches)", "EMA 0.99",
+        {"optim.ema_decay": 0.99, "train.eval_weights": "ema", "train.recalibrate_batches": 20},
+        parent="label_smoothing"),
+    Row("swa", "7i", "row 7, validated and tested on SWA (from half the run, 4 snapshots per "
+        "epoch, BN recalibrated on 20 batches)", "SWA",
+        {"optim.swa_start_frac": 0.5, "optim.swa_every_steps": Epochs(0.25),
+         "train.eval_weights": "swa", "train.recalibrate_batches": 20},
+        parent="label_smoothing"),
+    Row("sam", "7j", "row 7 + SAM (rho 0.05) around the same optimizer", "SAM 0.05",
+        {"optim.sam_rho": 0.05}, parent="label_smoothing"),
+    Row("one_cycle", "7k", "row 7 with a one-cycle schedule (peak = row 7's rate)", "one-cycle",
+        {"optim.schedule": "one_cycle"}, parent="label_smoothing"),
+    Row("step_decay", "7l", "row 7 with step decay (x0.1 at 50 % and 75 % of the steps)",
+        "step decay", {"optim.schedule": "step", "optim.step_boundaries": (0.5, 0.75),
+                       "optim.step_factor": 0.1}, parent="label_smoothing"),
+    Row("decay_all", "7m", "row 7 with L2 on every parameter, BN's gamma / beta and the biases "
+        "too", "L2 on norm + bias too", {"optim.decay_mask": "all"}, parent="label_smoothing"),
 )
 
 EXPERIMENTS: dict[str, Row] = {r.name: r for r in _ROWS}
+# The regularization / optimization toolkit's rows: row 7 (their common parent) and one piece
+# each (experiments/configs/toolkit_lab.py runs them on the lab's CNN and MLP).
+TOOLKIT = ("label_smoothing", "mixup", "cutmix", "trivial_augment", "rand_augment", "ema", "swa",
+           "sam", "one_cycle", "step_decay", "decay_all")
 DEFAULT_EXPERIMENTS = ("small_init", "xavier", "he", "he_bn", "dropout", "l2", "label_smoothing",
                        "augment")
 

@@ -5,8 +5,8 @@ Run:
       --workdir=checkpoints/ablation --config.data.data_dir=../shared/data/mnist
   (or export ML_PRACTICAL_DATA_DIR=/path/to/mnist-idx and leave data_dir empty)
   Select rows or variants by name: --config.only=he,he_bn   --config.only=label_smoothing,adamw,clip
-  ("" = rows 1-8, "all" = rows 1-8 and the variants adamw, clip, layernorm, bn_after, cosine; the
-  names and their exact overrides are `experiments/ablation/rows.py`).
+  ("" = rows 1-8, "all" = rows 1-8 and every variant: adamw ... cosine, and the toolkit's
+  mixup ... decay_all; the names and their exact overrides are `experiments/ablation/rows.py`).
   On a GPU the seeds of a row train as one vmapped program (seed_mode "auto"); force either way
   with --config.seed_mode=vmap or --config.seed_mode=sequential.
 

@@ -40,6 +40,15 @@ EXP-07b, "SAM reduces the need for dropout": the question only exists when dropo
     margin (that CI lies below -MARGIN), and the interaction's CI does not lie below 0;
   - inconclusive otherwise; in particular when D_sgd's CI does not lie above 0 (dropout does not
     measurably help under SGD here, so there is no need for SAM to reduce).
+  Decision (2026-12-02): a setup where dropout *hurts* under SGD stays "inconclusive", not
+  "refuted". The claim is conditional ("the need for dropout"), and a setup without that need
+  cannot speak to it either way; such a setup is answered by running one where dropout helps
+  (experiments/configs/sam_dropout_mlp.py), not by reading its sign.
+
+Across setups (`combined_verdict`, the audit's EXP-07 over the CNN and the MLP studies): every
+setup confirmed -> confirmed; every setup refuted -> refuted; otherwise partly when any setup
+confirms or partly confirms, refuted when some refute and the others are inconclusive, and
+inconclusive when every setup is.
 """
 
 from __future__ import annotations
@@ -134,5 +143,19 @@ def need_verdict(d_sgd: tuple[float, float], interaction: tuple[float, float],
     if _below(interaction) or _above(sam_vs_sgd_dropout, -margin):
         return "confirmed"
     if _below(sam_vs_sgd_dropout, -margin):
+        return "refuted"
+    return "inconclusive"
+
+
+def combined_verdict(verdicts) -> str:
+    """One verdict from several setups' verdicts of the same claim (the rule in the docstring)."""
+    v = list(verdicts)
+    if not v:
+        return "inconclusive"
+    if all(x == v[0] for x in v) and v[0] in ("confirmed", "refuted", "inconclusive", "partly"):
+        return v[0]
+    if any(x in ("confirmed", "partly") for x in v):
+        return "partly"
+    if any(x == "refuted" for x in v):
         return "refuted"
     return "inconclusive"

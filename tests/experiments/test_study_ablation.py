@@ -456,3 +456,39 @@ def test_adaptive_mode_stops_when_every_comparison_is_decided(tmp_path):
     ad = results["study"]["adaptive"]
     assert len(ad["looks"]) == 1 and ad["final"] == {"he_bn": "equivalent"}
     assert results["study"]["seeds_per_experiment"] == {"he": [0, 1], "he_bn": [0, 1]}
+
+
+def test_each_toolkit_row_is_row_7_with_only_its_own_fields_changed():
+    # The toolkit's rows (rows.TOOLKIT) are one change each: flattened, a row's config differs
+    # from row 7's exactly in the fields it overrides, with Epochs resolved to steps.
+    from ml_practical import config as config_lib
+
+    cfg = parse(ablation_digits.get_config())
+
+    def flat(c, prefix=""):
+        out = {}
+        for k, v in c.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    base = flat(config_lib.to_dict(ablation.experiment_config(cfg, "label_smoothing", 0,
+                                                              steps_per_epoch=20)))
+    assert rows.TOOLKIT[0] == "label_smoothing"
+    for name in rows.TOOLKIT[1:]:
+        row = rows.EXPERIMENTS[name]
+        assert row.parent == "label_smoothing", name
+        mine = flat(config_lib.to_dict(ablation.experiment_config(cfg, name, 0,
+                                                                  steps_per_epoch=20)))
+        changed = {k for k in base if base[k] != mine[k]}
+        # Only its own fields move (some overrides restate a default, e.g. mixup's alpha 0.2).
+        assert changed and changed <= set(row.overrides), (name, changed)
+        for key, value in row.overrides.items():
+            want = value.resolve(20) if isinstance(value, rows.Epochs) else value
+            got = mine[key]
+            assert (tuple(got) if isinstance(got, list) else got) == want, (name, key)
+    swa = ablation.experiment_config(cfg, "swa", 0, steps_per_epoch=20)
+    assert (swa.optim.swa_every_steps, swa.train.eval_weights) == (5, "swa")  # 0.25 epoch
+    assert ablation.experiment_config(cfg, "ema", 0).train.eval_weights == "ema"

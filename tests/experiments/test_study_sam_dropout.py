@@ -183,3 +183,33 @@ def test_a_rerun_trains_nothing(study, monkeypatch):
     start = cli.Start(cfg=tiny_config(), workdir=study["workdir"], command="test")
     again = study_main.execute(start, dataset=study["dataset"], quiet=True)
     assert again["comparisons"] == study["results"]["comparisons"]
+
+
+@pytest.mark.parametrize("verdicts, combined", [
+    (["confirmed", "confirmed"], "confirmed"), (["refuted", "refuted"], "refuted"),
+    (["confirmed", "refuted"], "partly"), (["partly", "inconclusive"], "partly"),
+    (["confirmed", "inconclusive"], "partly"), (["refuted", "inconclusive"], "refuted"),
+    (["inconclusive", "inconclusive"], "inconclusive"), (["confirmed"], "confirmed"), ([], "inconclusive")])
+def test_combined_verdict(verdicts, combined):
+    assert rows.combined_verdict(verdicts) == combined
+
+
+def test_the_audit_combines_the_cnn_and_the_mlp_setups(study, tmp_path):
+    # A second setup whose lambda_max comparison is flipped: the CNN's verdict and its mirror
+    # combine by the rule (confirmed + refuted -> partly), and the note names both setups.
+    import shutil
+
+    studies = tmp_path / "studies"
+    shutil.copytree(study["workdir"], studies / audit.STUDY_DIR)
+    res = json.loads((study["workdir"] / "results.json").read_text())
+    for name in ("lambda: sam - sgd", "lambda: sam_dropout - sgd_dropout"):
+        t = res["comparisons"][name]["inference"]["t"]
+        t["low"], t["high"], t["mean"] = -t["high"], -t["low"], -t["mean"]
+    (studies / audit.MLP_STUDY_DIR).mkdir()
+    (studies / audit.MLP_STUDY_DIR / "results.json").write_text(json.dumps(res))
+    cnn = audit.setup_verdicts(study["on_disk"])[0]
+    mlp = audit.setup_verdicts(res)[0]
+    finding = audit.check_EXP_07(Context(studies=studies))
+    assert finding.verdict == rows.combined_verdict([cnn, mlp])
+    assert f"CNN {cnn} /" in finding.note and f"MLP {mlp} /" in finding.note
+    assert "MLP:" in finding.measured and audit.MLP_STUDY_DIR in finding.artefact
