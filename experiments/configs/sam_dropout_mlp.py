@@ -19,6 +19,10 @@ Choices:
   64, 60 epochs (900 steps), the last state tested;
 - SAM rho 0.05 (the CNN study's; no pilot over rho);
 - sharpness on the first 512 training images; 5 paired seeds (an MLP run takes seconds).
+
+Measured (2026-12-02, 2-core CPU): 4 min 2 s. Dropout helps under SGD (+0.98 pp [+0.42, +1.54])
+and as much under SAM (interaction +0.18 [-0.27, +0.64]); SAM is flatter without dropout and
+sharper with it. The README's R2 section has the tables and verdicts.
 """
 
 from experiments.configs import mnist_mlp, sam_dropout
