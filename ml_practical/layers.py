@@ -1,9 +1,11 @@
-"""Normalization and dropout layers as linen modules, written from the chapter's equations.
+"""Normalization and dropout layers as linen modules; the equations are pure functions elsewhere.
 
 Sections 12.3-12.5 and 13.2-13.3 of the chapter. Every module is called `module(x, *, train: bool)`;
-`train` has no default so no call site can forget it. Normalization statistics are computed in
-float32 (even for bfloat16 inputs) and the variance always in two passes, mean((x - mu)^2), because
-the one-pass E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std.
+`train` has no default so no call site can forget it. The arithmetic lives once, in
+`ml_practical.normalization` (BatchNorm, LayerNorm, GroupNorm, InstanceNorm; float32 statistics,
+two-pass variance, BatchNorm's hand-written backward) and `ml_practical.dropout` (the inverted-dropout
+samplers); these modules create the variables and call it, as the nnx modules of
+`ml_practical.nnx.layers` do, so the two APIs agree by construction.
 
 Conventions:
   BatchNorm  statistics over every axis but the last (features), per feature.  Ioffe & Szegedy (2015)
@@ -15,185 +17,28 @@ Conventions:
 
 from __future__ import annotations
 
-import functools
-import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.extend.random
 import jax.numpy as jnp
-from jax import lax
+
+from ml_practical import dropout as dropout_ops
+from ml_practical.dropout import DROPOUT_SAMPLERS, threefry16_keep_mask
+from ml_practical.normalization import (BN_BACKWARDS, LAYER_NORM_AXES, batch_norm,
+                                        batch_norm_train, check_batch_norm, check_epsilon,
+                                        group_norm, instance_norm, layer_norm, output_dtype)
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 
-__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "batch_norm_train",
-           "layer_norm", "group_norm", "instance_norm"]
+__all__ = ["BN_BACKWARDS", "BatchNorm", "DROPOUT_SAMPLERS", "Dropout", "GroupNorm", "InstanceNorm",
+           "LAYER_NORM_AXES", "LayerNorm", "batch_norm_train", "group_norm", "instance_norm",
+           "layer_norm"]
 
-BN_BACKWARDS = ("autodiff", "manual")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _normalize(x: Array, mean: Array, var: Array, scale: Array | None, bias: Array | None,
-               eps: float) -> Array:
-    """The chapter's steps 3-4: y = gamma * (x - mu) / sqrt(var + eps) + beta.
-
-    Pure, so a hand-written backward pass (custom_vjp) can replace it without touching the modules.
-
-    Args:
-      x: input, any shape.
-      mean, var: statistics broadcastable to `x`.
-      scale, bias: gamma and beta broadcastable to `x`, or None to skip that step.
-      eps: added to the variance for numerical stability.
-
-    Returns:
-      The normalized array, in the promoted dtype of the arguments.
-    """
-    y = (x - mean) * lax.rsqrt(var + eps)
-    if scale is not None:
-        y = y * scale
-    if bias is not None:
-        y = y + bias
-    return y
-
-
-def _moments(x: Array, axes: Sequence[int], *, keepdims: bool,
-             axis_name: str | None = None) -> tuple[Array, Array]:
-    """Mean and biased variance over `axes`, in two passes, at least float32.
-
-    mu = mean(x); var = mean((x - mu)^2). With `axis_name`, each pass is averaged across devices
-    with `lax.pmean` (the mean before the centring, so every shard centres on the global mean),
-    giving the statistics of the global batch when all shards have the same size.
-
-    Args:
-      x: input.
-      axes: axes to reduce.
-      keepdims: keep the reduced axes as size 1 (for broadcasting back against `x`).
-      axis_name: optional name of a mapped axis (pmap / vmap / shard_map) to average across.
-
-    Returns:
-      (mean, var), float32 (or wider if `x` is wider).
-    """
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean = jnp.mean(x, axis=tuple(axes), keepdims=True)
-    if axis_name is not None:
-        mean = lax.pmean(mean, axis_name)
-    var = jnp.mean(jnp.square(x - mean), axis=tuple(axes), keepdims=True)
-    if axis_name is not None:
-        var = lax.pmean(var, axis_name)
-    if not keepdims:
-        mean = jnp.squeeze(mean, axis=tuple(axes))
-        var = jnp.squeeze(var, axis=tuple(axes))
-    return mean, var
-
-
-# ---------------------------------------------------------------------------------------------
-# BatchNorm's training-mode forward with the chapter's hand-written backward pass (coding C1)
-# ---------------------------------------------------------------------------------------------
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x: Array, scale: Array | None, bias: Array | None, eps: float,
-                     axis_name: str | None = None) -> tuple[Array, Array, Array]:
-    """BatchNorm with batch statistics, differentiated by the chapter's equations, not autodiff.
-
-    Forward (Ioffe & Szegedy 2015, Algorithm 1; the chapter's section 13.3), statistics over every
-    axis but the last, m values per feature:
-
-      mu = (1/m) sum_i x_i,  var = (1/m) sum_i (x_i - mu)^2,  r = 1 / sqrt(var + eps),
-      xhat = (x - mu) r,     y = gamma xhat + beta.
-
-    Backward (Ioffe & Szegedy 2015, section 3; the chapter's `BatchNormLayer.backward`), given the
-    cotangent dy of y, in the compact form that folds the chapter's dvar and dmu steps together:
-
-      dgamma = sum_i dy_i xhat_i
-      dbeta  = sum_i dy_i
-      dx     = (1/m) gamma r (m dy - sum_i dy_i - xhat sum_i dy_i xhat_i)
-
-    (Substituting the chapter's dvar = sum(dxhat (x - mu)) (-1/2) r^3 and
-    dmu = -r sum(dxhat) + dvar mean(-2 (x - mu)) into dx = dxhat r + dvar 2 (x - mu)/m + dmu/m,
-    with dxhat = gamma dy, gives this line; the second term of dmu is zero because the deviations
-    sum to zero.) The function also returns mu and var (the running statistics are built from
-    them); their cotangents, zero in ordinary training, add dmu/m + dvar 2 (x - mu)/m to dx, so the
-    VJP is complete for any use. In code dx = a dy + b + c xhat with per-feature a, b, c: one pass
-    over the data after the two reductions.
-
-    With `axis_name` (a mapped axis of vmap / pmap / shard_map splitting the batch), the forward
-    averages mu and var across shards with `lax.pmean`, and the backward `lax.psum`s the four
-    per-feature reductions, so dx is the gradient with respect to the global batch statistics
-    (m counts the global batch); dgamma and dbeta stay per-shard, as autodiff gives them. Every
-    shard must have the same size. Only reverse mode is defined (jax.custom_vjp): `jax.jvp` /
-    `jax.jacfwd` through it raise.
-
-    Args:
-      x: input of shape (..., features), float32 or wider (the statistics are in x's dtype).
-      scale: gamma, shape (features,), or None for gamma = 1.
-      bias: beta, shape (features,), or None for beta = 0.
-      eps: added to the variance, > 0.
-      axis_name: optional mapped axis across which the batch is split.
-
-    Returns:
-      (y, mean, var): y like x; mean and the biased variance of shape (features,).
-    """
-    outputs, _ = _batch_norm_train_fwd(x, scale, bias, eps, axis_name)
-    return outputs
-
-
-def _batch_norm_train_fwd(x, scale, bias, eps, axis_name):
-    axes = tuple(range(x.ndim - 1))
-    mean, var = _moments(x, axes, keepdims=False, axis_name=axis_name)
-    inv_std = lax.rsqrt(var + eps)
-    xhat = (x - mean) * inv_std
-    y = xhat
-    if scale is not None:
-        y = y * scale
-    if bias is not None:
-        y = y + bias
-    return (y, mean, var), (xhat, inv_std, scale, bias)
-
-
-def _batch_norm_train_bwd(eps, axis_name, residuals, cotangents):
-    del eps
-    xhat, inv_std, scale, bias = residuals
-    dy, dmean, dvar = cotangents
-    axes = tuple(range(xhat.ndim - 1))
-    m_local = math.prod(xhat.shape[:-1])
-    sum_dy = jnp.sum(dy, axis=axes)
-    sum_dy_xhat = jnp.sum(dy * xhat, axis=axes)
-    # dgamma, dbeta: this shard's contribution, like autodiff (the caller reduces param grads).
-    dscale = None if scale is None else sum_dy_xhat.astype(scale.dtype)
-    dbias = None if bias is None else sum_dy.astype(bias.dtype)
-    m = m_local
-    if axis_name is not None:
-        # dx depends on every shard through mu and var: sum the reductions over the global batch,
-        # once, stacked.
-        sums = lax.psum(jnp.stack([sum_dy, sum_dy_xhat, dmean, dvar]), axis_name)
-        sum_dy, sum_dy_xhat, dmean, dvar = sums[0], sums[1], sums[2], sums[3]
-        m = m_local * lax.axis_size(axis_name)
-    gamma = 1.0 if scale is None else scale
-    a = gamma * inv_std
-    b = (dmean - a * sum_dy) / m
-    c = (2.0 * dvar / inv_std - a * sum_dy_xhat) / m
-    dx = a * dy + b + c * xhat
-    return dx.astype(xhat.dtype), dscale, dbias
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
-def _check_epsilon(owner: str, epsilon: float) -> None:
-    """epsilon >= 0 and finite. 0 is allowed (the chapter's worked examples, torch and flax allow
-    it): the output is then exact, and a constant feature (variance 0) gives 0/0 = NaN."""
-    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
-            and math.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"{owner}.epsilon: {epsilon!r} is not allowed; expected a finite "
-                         "number >= 0")
+# The old private name, kept for callers of the sampler (its home is `ml_practical.dropout`).
+_threefry16_keep_mask = threefry16_keep_mask
 
 
 def _scale_and_bias(module: nn.Module, features: int) -> tuple[Array | None, Array | None]:
@@ -203,13 +48,6 @@ def _scale_and_bias(module: nn.Module, features: int) -> tuple[Array | None, Arr
     bias = (module.param("bias", module.bias_init, (features,), module.param_dtype)
             if module.use_bias else None)
     return scale, bias
-
-
-def _output_dtype(dtype: Dtype | None, x: Array, *params: Array | None) -> Dtype:
-    """`dtype` if given, else the promotion of the input and the params (flax.linen's rule)."""
-    if dtype is not None:
-        return dtype
-    return jnp.result_type(x, *[p for p in params if p is not None])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,20 +131,9 @@ class BatchNorm(nn.Module):
     ghost_batch_size: int = 0
 
     def __post_init__(self):
-        if (not isinstance(self.ghost_batch_size, int) or isinstance(self.ghost_batch_size, bool)
-                or self.ghost_batch_size < 0):
-            raise ValueError(f"BatchNorm.ghost_batch_size: {self.ghost_batch_size!r}; expected an "
-                             "integer >= 0 (0: statistics over the whole batch)")
-        if self.ghost_batch_size and self.axis_name is not None:
-            raise ValueError("BatchNorm.ghost_batch_size: ghost batches are local; expected "
-                             f"axis_name None, got {self.axis_name!r}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"BatchNorm.momentum: {self.momentum!r} is outside [0, 1]; it is the "
-                             "weight on the old running statistics (torch's 0.1 is our 0.9)")
-        _check_epsilon("BatchNorm", self.epsilon)
-        if self.backward not in BN_BACKWARDS:
-            raise ValueError(f"BatchNorm.backward: unknown {self.backward!r}; expected one of "
-                             f"{list(BN_BACKWARDS)}")
+        check_batch_norm("BatchNorm", momentum=self.momentum, epsilon=self.epsilon,
+                         backward=self.backward, ghost_batch_size=self.ghost_batch_size,
+                         axis_name=self.axis_name)
         super().__post_init__()
 
     @nn.compact
@@ -321,138 +148,24 @@ class BatchNorm(nn.Module):
           An array of the same shape as `x`.
         """
         features = x.shape[-1]
-        reduction_axes = tuple(range(x.ndim - 1))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-
         scale, bias = _scale_and_bias(self, features)
-        out_dtype = _output_dtype(self.dtype, x, scale, bias)
-        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        y = None
-        ghosts = self._num_ghosts(x)
-        if train and ghosts > 1:
-            initializing = self.is_initializing()
-            xg = x32.reshape(ghosts, x.shape[0] // ghosts, *x.shape[1:])
-            if self.backward == "manual":
-                y, g_mean, g_var = jax.vmap(
-                    lambda xi: batch_norm_train(xi, scale, bias, self.epsilon, None))(xg)
-            else:
-                g_mean, g_var = _moments(xg, tuple(range(1, xg.ndim - 1)), keepdims=True)
-                y = _normalize(xg, g_mean, g_var, scale, bias, self.epsilon)
-                g_mean = g_mean.reshape(ghosts, features)
-                g_var = g_var.reshape(ghosts, features)
-            y = y.reshape(x.shape)
-            mean, var = jnp.mean(g_mean, axis=0), jnp.mean(g_var, axis=0)
-            if not initializing:
-                self._update_running(ra_mean, ra_var, mean, var, math.prod(xg.shape[1:-1]),
-                                     "per ghost batch")
-        elif train:
-            # During init the mapped axis may not exist yet, and the stats must stay at 0 / 1.
-            initializing = self.is_initializing()
-            axis_name = None if initializing else self.axis_name
-            if self.backward == "manual":
-                y, mean, var = batch_norm_train(x32, scale, bias, self.epsilon, axis_name)
-            else:
-                mean, var = _moments(x, reduction_axes, keepdims=False, axis_name=axis_name)
-            if not initializing:
-                m = math.prod(x.shape[:-1])
-                if axis_name is not None:
-                    m *= lax.axis_size(axis_name)
-                self._update_running(ra_mean, ra_var, mean, var, m, f"from input shape {x.shape}")
-        else:
-            mean, var = ra_mean.value, ra_var.value
-
-        if y is None:
-            y = _normalize(x32, mean, var, scale, bias, self.epsilon)
+        out_dtype = output_dtype(self.dtype, x, scale, bias)
+        # While initializing, the running statistics stay at 0 / 1 (as in flax.linen.BatchNorm).
+        update = train and not self.is_initializing()
+        y, new_mean, new_var = batch_norm(
+            x, scale, bias, ra_mean.value, ra_var.value, train=train, momentum=self.momentum,
+            epsilon=self.epsilon, backward=self.backward, ghost_batch_size=self.ghost_batch_size,
+            axis_name=self.axis_name, torch_compat=self.torch_compat, update_stats=update)
+        if update:
+            ra_mean.value, ra_var.value = new_mean, new_var
         return y.astype(out_dtype)
-
-    def _update_running(self, ra_mean, ra_var, mean, var, m: int, where: str) -> None:
-        """The running statistics' EMA step; `m` values per feature behind `var` (torch_compat)."""
-        stored_var = var
-        if self.torch_compat:
-            if m < 2:
-                raise ValueError(
-                    "BatchNorm.torch_compat: the unbiased variance needs at least 2 values per "
-                    f"feature; got m={m} {where}")
-            stored_var = var * (m / (m - 1))
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * stored_var
-
-    def _num_ghosts(self, x: Array) -> int:
-        """How many ghost batches a training batch `x` is cut into (1: ordinary BatchNorm)."""
-        g, n = self.ghost_batch_size, x.shape[0]
-        if not g or n <= g:
-            return 1
-        if n % g:
-            raise ValueError(f"BatchNorm.ghost_batch_size: {g} does not divide the batch of {n} "
-                             "rows; expected a batch that is a multiple of it")
-        return n // g
 
 
 # ---------------------------------------------------------------------------------------------
 # Per-sample normalizations: LayerNorm, GroupNorm, InstanceNorm
 # ---------------------------------------------------------------------------------------------
-
-LAYER_NORM_AXES = ("all", "features")
-
-
-def layer_norm(x: Array, scale: Array | None, bias: Array | None, eps: float,
-               axes: str = "features") -> Array:
-    """LayerNorm (Ba et al. 2016): per sample, y = gamma (x - mu) / sqrt(var + eps) + beta.
-
-    Args:
-      x: input (N, ..., features).
-      scale, bias: gamma and beta of shape (features,), or None.
-      eps: added to the variance.
-      axes: "features" (statistics over the last axis: the Transformer / MLP form) or "all"
-        (over every non-batch axis: C, H, W for images).
-
-    Returns:
-      float32 (or wider) array like x.
-    """
-    reduce = (x.ndim - 1,) if axes == "features" else tuple(range(1, x.ndim))
-    mean, var = _moments(x, reduce, keepdims=True)
-    return _normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
-
-
-def group_norm(x: Array, num_groups: int, scale: Array | None, bias: Array | None,
-               eps: float) -> Array:
-    """GroupNorm (Wu & He 2018): per sample and group of C / G contiguous features (and H, W).
-
-    Args:
-      x: input (N, ..., C) with C divisible by `num_groups`.
-      num_groups: G; G = 1 is LayerNorm over all non-batch axes, G = C is InstanceNorm.
-      scale, bias: gamma and beta of shape (C,), or None.
-      eps: added to the variance.
-
-    Returns:
-      float32 (or wider) array like x.
-    """
-    features = x.shape[-1]
-    grouped = x.reshape(x.shape[:-1] + (num_groups, features // num_groups))
-    # Reduce over every non-batch axis except the group index (second to last).
-    axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
-    mean, var = _moments(grouped, axes, keepdims=True)
-    # Back to (N, ..., 1, G, 1) -> broadcast per feature by repeating each group's stat.
-    mean = jnp.repeat(mean, features // num_groups, axis=-1).reshape(mean.shape[:-2] + (features,))
-    var = jnp.repeat(var, features // num_groups, axis=-1).reshape(var.shape[:-2] + (features,))
-    return _normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
-
-
-def instance_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) -> Array:
-    """InstanceNorm (Ulyanov et al. 2016): per sample and channel, over the spatial axes.
-
-    Args:
-      x: input (N, *spatial, C) with at least one spatial axis.
-      scale, bias: gamma and beta of shape (C,), or None.
-      eps: added to the variance.
-
-    Returns:
-      float32 (or wider) array like x.
-    """
-    mean, var = _moments(x, tuple(range(1, x.ndim - 1)), keepdims=True)
-    return _normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
-
 
 class _PerSampleNorm(nn.Module):
     """The fields and the call shared by LayerNorm, GroupNorm and InstanceNorm.
@@ -477,7 +190,7 @@ class _PerSampleNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
-        _check_epsilon(type(self).__name__, self.epsilon)
+        check_epsilon(type(self).__name__, self.epsilon)
         super().__post_init__()
 
     @nn.compact
@@ -494,7 +207,7 @@ class _PerSampleNorm(nn.Module):
         del train
         self._check_input(x)
         scale, bias = _scale_and_bias(self, x.shape[-1])
-        out_dtype = _output_dtype(self.dtype, x, scale, bias)
+        out_dtype = output_dtype(self.dtype, x, scale, bias)
         return self._apply(x, scale, bias).astype(out_dtype)
 
     def _check_input(self, x: Array) -> None:
@@ -585,41 +298,6 @@ class InstanceNorm(_PerSampleNorm):
 # ---------------------------------------------------------------------------------------------
 
 
-def _threefry16_keep_mask(key: Array, shape: tuple[int, ...], threshold: int) -> Array:
-    """Keep mask from Threefry-2x32 with four 16-bit uniforms per hash evaluation.
-
-    Each evaluation of the Threefry-2x32 block cipher (Salmon et al. 2011) on a counter gives 64
-    random bits; they are cut into four 16-bit integers u, and a unit is kept iff u < threshold,
-    so P(keep) = threshold / 2^16. `jax.random.bernoulli` instead spends one evaluation per unit
-    and keeps 32 of its 64 bits (jax's partitionable layout XORs the two words), i.e. 4x the
-    hashing. The counter is each unit's (row, word) position, elementwise like jax's own layout,
-    so a batch sharded over devices draws its mask shard-locally.
-
-    Args:
-      key: a PRNG key (any impl; two 32-bit words of cipher key are drawn from it).
-      shape: mask shape (..., features).
-      threshold: integer in [1, 2^16]; units are kept with probability threshold / 2^16.
-
-    Returns:
-      A boolean array of `shape`.
-    """
-    features = shape[-1] if shape else 1
-    rows = math.prod(shape) // features if features else 0
-    words = -(-features // 4)  # hash evaluations per row; the last may be partly unused
-    if rows * words >= 2**32:
-        raise ValueError(f"Dropout.sampler: 'threefry16' counts units in 32 bits; shape {shape} "
-                         "is too large, use sampler='bernoulli'")
-    k1, k2 = jax.random.bits(key, (2,), jnp.uint32)
-    counts = lax.iota(jnp.uint32, rows * words).reshape(rows, words)
-    hi, lo = jax.extend.random.threefry2x32_p.bind(k1, k2, jnp.zeros_like(counts), counts)
-    fields = jnp.stack([hi & 0xFFFF, hi >> 16, lo & 0xFFFF, lo >> 16], axis=-1)
-    u = fields.reshape(rows, words * 4)[:, :features]
-    return (u < jnp.uint32(threshold)).reshape(shape)
-
-
-DROPOUT_SAMPLERS = ("bernoulli", "threefry16")
-
-
 class Dropout(nn.Module):
     """Inverted dropout (Srivastava et al., 2014), the chapter's Sections 12.3 and 13.2.
 
@@ -660,15 +338,7 @@ class Dropout(nn.Module):
     sampler: str = "bernoulli"
 
     def __post_init__(self):
-        if not 0.0 <= self.rate < 1.0:
-            raise ValueError(f"Dropout.rate: {self.rate!r} is outside [0, 1); rate is the drop "
-                             "probability (the chapter's keep probability is p = 1 - rate)")
-        if self.sampler not in DROPOUT_SAMPLERS:
-            raise ValueError(f"Dropout.sampler: unknown {self.sampler!r}; expected one of "
-                             f"{list(DROPOUT_SAMPLERS)}")
-        if self.sampler == "threefry16" and round((1.0 - self.rate) * 2**16) < 1:
-            raise ValueError(f"Dropout.rate: {self.rate!r} leaves a keep probability below "
-                             "2^-16, which sampler='threefry16' cannot represent; use 'bernoulli'")
+        dropout_ops.check_dropout("Dropout", self.rate, self.sampler)
         super().__post_init__()
 
     @nn.compact
@@ -684,13 +354,4 @@ class Dropout(nn.Module):
         """
         if not train or self.rate == 0.0:
             return x
-        key = self.make_rng("dropout")
-        if self.sampler == "threefry16":
-            threshold = round((1.0 - self.rate) * 2**16)
-            keep_prob = threshold / 2**16
-            mask = _threefry16_keep_mask(key, x.shape, threshold)
-        else:
-            keep_prob = 1.0 - self.rate
-            mask = jax.random.bernoulli(key, p=keep_prob, shape=x.shape)
-        # where, not x * mask: dropped units contribute an exact 0 and receive an exact 0 gradient.
-        return jnp.where(mask, x / keep_prob, jnp.zeros_like(x))
+        return dropout_ops.dropout(self.make_rng("dropout"), x, self.rate, self.sampler)
