@@ -147,8 +147,23 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def path_names(path: tuple) -> tuple[str, ...]:
+    """The names along a jax key path, as a params dict spells them: ("dense_0", "kernel").
+
+    An `nnx.Variable` is itself a pytree node whose leaf sits under the attribute "value", so the
+    state of an nnx model (`nnx.state(model, nnx.Param)`) gives paths like dense_0/kernel/value;
+    that trailing attribute is dropped, so masks and parameter-group rules select the same leaves
+    in an nnx state as in the linen params of the same model. (A dict entry called "value" is a
+    DictKey, not an attribute, and is kept.)
+    """
+    names = tuple(_key_name(k) for k in path)
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        names = names[:-1]
+    return names
+
+
 def _path_str(path: tuple) -> str:
-    return "/".join(_key_name(k) for k in path)
+    return "/".join(path_names(path))
 
 
 def default_mask(params: PyTree) -> PyTree:
@@ -164,7 +179,10 @@ def default_mask(params: PyTree) -> PyTree:
     Returns:
       A pytree of Python bools with the structure of `params`.
     """
-    return jax.tree_util.tree_map_with_path(lambda path, _: bool(path) and _key_name(path[-1]) == "kernel", params)
+    def is_kernel(path, _):
+        names = path_names(path)
+        return bool(names) and names[-1] == "kernel"
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
 def all_mask(params: PyTree) -> PyTree:

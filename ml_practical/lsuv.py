@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from ml_practical.initializers import _check_positive, _work_dtype, orthogonal
 from ml_practical.models import kernel_layers
@@ -66,6 +67,54 @@ def _make_variance_fn(apply_fn: Callable, paths: Sequence[tuple[str, ...]]) -> C
         return jnp.stack(out)
 
     return variances
+
+
+def _check_lsuv_args(target_var, tol, max_iter, key, orthogonal_start, layer_filter) -> None:
+    _check_positive("target_var", target_var)
+    _check_positive("tol", tol)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter: must be an integer >= 1, got {max_iter!r}")
+    if orthogonal_start and key is None:
+        raise ValueError("key: required when orthogonal_start=True (the orthogonal kernels are "
+                         "drawn from it); pass a jax.random key or orthogonal_start=False")
+    _check_layer_filter(layer_filter)
+
+
+def _lsuv_loop(paths: Sequence[tuple[str, ...]], params: Any,
+               measure: Callable[[Any, int], float], *, target_var: float, tol: float,
+               max_iter: int, key: Array | None,
+               orthogonal_start: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """The paper's Algorithm 1 on a nested params dict, whatever the module API (`lsuv`).
+
+    `measure(params, i)` is the output variance of layer `paths[i]` with those params.
+    Returns (new params, report).
+    """
+    if orthogonal_start:
+        draw = orthogonal()
+        for i, path in enumerate(paths):
+            kernel = _get_path(params, path)["kernel"]
+            params = _set_kernel(params, path,
+                                 draw(jax.random.fold_in(key, i), kernel.shape, kernel.dtype))
+
+    report = []
+    for i, path in enumerate(paths):
+        var = var_before = measure(params, i)
+        total_scale, iterations = 1.0, 0
+        # Stop on a zero or non-finite variance: no rescaling can fix it.
+        while (abs(var - target_var) >= tol and iterations < max_iter
+               and math.isfinite(var) and var > 0):
+            factor = math.sqrt(target_var / var)
+            kernel = _get_path(params, path)["kernel"]
+            params = _set_kernel(params, path,
+                                 (kernel.astype(_work_dtype(kernel.dtype)) * factor)
+                                 .astype(kernel.dtype))
+            total_scale *= factor
+            iterations += 1
+            var = measure(params, i)
+        report.append({"layer": _layer_name(path), "var_before": var_before, "var_after": var,
+                       "iterations": iterations, "scale": total_scale,
+                       "converged": bool(abs(var - target_var) < tol)})
+    return params, report
 
 
 def layer_output_variances(apply_fn: Callable, variables: Any, batch: Any, *,
@@ -165,14 +214,7 @@ def lsuv(apply_fn: Callable, variables: Any, batch: Any, target_var: float = 1.0
         orthogonal_start, a layer_filter that is not callable, no "params" in variables, or no
         layer with a "kernel" param called by apply_fn (or left by layer_filter).
     """
-    _check_positive("target_var", target_var)
-    _check_positive("tol", tol)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter: must be an integer >= 1, got {max_iter!r}")
-    if orthogonal_start and key is None:
-        raise ValueError("key: required when orthogonal_start=True (the orthogonal kernels are "
-                         "drawn from it); pass a jax.random key or orthogonal_start=False")
-    _check_layer_filter(layer_filter)
+    _check_lsuv_args(target_var, tol, max_iter, key, orthogonal_start, layer_filter)
     if "params" not in variables:
         raise ValueError(f"variables: no 'params' collection; got collections {list(variables)}")
 
@@ -182,36 +224,102 @@ def lsuv(apply_fn: Callable, variables: Any, batch: Any, target_var: float = 1.0
         raise ValueError("variables: apply_fn called no layer with a 'kernel' parameter"
                          + ("" if layer_filter is None else " that layer_filter kept"))
 
-    params = variables["params"]
-    if orthogonal_start:
-        draw = orthogonal()
-        for i, path in enumerate(paths):
-            kernel = _get_path(params, path)["kernel"]
-            params = _set_kernel(params, path,
-                                 draw(jax.random.fold_in(key, i), kernel.shape, kernel.dtype))
-
     variances = _make_variance_fn(apply_fn, paths)
     rest = {name: value for name, value in variables.items() if name != "params"}
-    measure = lambda p, i: float(variances({**rest, "params": p}, batch)[i])
-
-    report = []
-    for i, path in enumerate(paths):
-        var = var_before = measure(params, i)
-        total_scale, iterations = 1.0, 0
-        # Stop on a zero or non-finite variance: no rescaling can fix it.
-        while (abs(var - target_var) >= tol and iterations < max_iter
-               and math.isfinite(var) and var > 0):
-            factor = math.sqrt(target_var / var)
-            kernel = _get_path(params, path)["kernel"]
-            params = _set_kernel(params, path,
-                                 (kernel.astype(_work_dtype(kernel.dtype)) * factor)
-                                 .astype(kernel.dtype))
-            total_scale *= factor
-            iterations += 1
-            var = measure(params, i)
-        report.append({"layer": _layer_name(path), "var_before": var_before, "var_after": var,
-                       "iterations": iterations, "scale": total_scale,
-                       "converged": bool(abs(var - target_var) < tol)})
+    params, report = _lsuv_loop(
+        paths, variables["params"], lambda p, i: float(variances({**rest, "params": p}, batch)[i]),
+        target_var=target_var, tol=tol, max_iter=max_iter, key=key,
+        orthogonal_start=orthogonal_start)
     new_variables = dict(variables)
     new_variables["params"] = params
     return new_variables, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Flax NNX models
+# ---------------------------------------------------------------------------------------------
+
+
+def _nnx_variance_fn(model, batch):
+    """(kernel layer paths in forward order, jitted `params dict -> (L,) output variances`) for
+    an nnx model in its current mode. The model itself is never run: each evaluation merges a
+    copy, so its running statistics and RNG counters stay as they are."""
+    from ml_practical.nnx.capture import kernel_calls
+
+    graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
+
+    def outputs(pure_params, rest):
+        state = jax.tree.map(lambda v: v, params_state)  # a fresh State to fill
+        nnx.replace_by_pure_dict(state, pure_params)
+        # Fresh Variables of this trace (BatchNorm in training mode writes its statistics).
+        copy = nnx.merge(graphdef, state, jax.tree.map(lambda v: v, rest))
+        with kernel_calls(copy) as calls:
+            copy(batch)
+        found.append([c.path for c in calls])  # static, read once the trace is done
+        return [c.output for c in calls]
+
+    found: list[list[tuple[str, ...]]] = []
+    jax.eval_shape(outputs, nnx.to_pure_dict(params_state), rest)
+    paths = found[0]
+
+    @jax.jit
+    def variances_of(pure_params, rest):
+        return jnp.stack([jnp.var(y.astype(jnp.float32)) for y in outputs(pure_params, rest)])
+
+    variances = lambda pure_params: variances_of(pure_params, rest)
+
+    return paths, variances, params_state
+
+
+def layer_output_variances_nnx(model, batch: Any, *,
+                               layer_filter: Callable[[str], bool] | None = None
+                               ) -> dict[str, float]:
+    """`layer_output_variances` for a Flax NNX model, in the mode it is in (`model.eval()` for the
+    running statistics, as `train=False` for linen). The model is not changed."""
+    _check_layer_filter(layer_filter)
+    paths, variances, params_state = _nnx_variance_fn(model, batch)
+    values = jax.device_get(variances(nnx.to_pure_dict(params_state)))
+    return {_layer_name(p): float(v) for p, v in zip(paths, values)
+            if layer_filter is None or layer_filter(_layer_name(p))}
+
+
+def lsuv_nnx(model, batch: Any, target_var: float = 1.0, tol: float = 0.1, max_iter: int = 10, *,
+             key: Array | None = None, orthogonal_start: bool = True,
+             layer_filter: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
+    """LSUV (`lsuv`: Mishkin & Matas 2016, Algorithm 1) on a Flax NNX model, in place.
+
+    The same algorithm and arithmetic as `lsuv`: the kernel layers (modules owning an
+    `nnx.Param` "kernel": nnx.Linear, nnx.Conv, ...) in the order a forward pass on `batch` calls
+    them, each layer's output variance measured on `batch` and its kernel rescaled by
+    sqrt(target_var / v). The layers' outputs are recorded by `ml_practical.nnx.capture.
+    kernel_calls`, so the model needs to sow nothing. The model is measured in the mode it is in:
+    call `model.eval()` first for the recommended running-statistics mode (linen's
+    `partial(model.apply, train=False)`). Only the kernels change; running statistics, RNG
+    counters and every other variable stay as they were (each measurement runs on a copy).
+    For the same weights, mode and batch it gives `lsuv`'s kernels on the twin linen model.
+
+    Args:
+      model: an `nnx.Module` called `model(batch)`.
+      batch, target_var, tol, max_iter, key, orthogonal_start, layer_filter: as in `lsuv`.
+
+    Returns:
+      The report of `lsuv`, one dict per selected layer in forward order.
+
+    Raises:
+      ValueError: as `lsuv` (bad arguments, no kernel layer called).
+    """
+    _check_lsuv_args(target_var, tol, max_iter, key, orthogonal_start, layer_filter)
+    all_paths, variances, params_state = _nnx_variance_fn(model, batch)
+    index = {p: i for i, p in enumerate(all_paths)}
+    paths = [p for p in all_paths if layer_filter is None or layer_filter(_layer_name(p))]
+    if not paths:
+        raise ValueError("model: its forward pass called no layer with a 'kernel' parameter"
+                         + ("" if layer_filter is None else " that layer_filter kept"))
+    params, report = _lsuv_loop(
+        paths, nnx.to_pure_dict(params_state),
+        lambda p, i: float(variances(p)[index[paths[i]]]),
+        target_var=target_var, tol=tol, max_iter=max_iter, key=key,
+        orthogonal_start=orthogonal_start)
+    nnx.replace_by_pure_dict(params_state, params)
+    nnx.update(model, params_state)
+    return report

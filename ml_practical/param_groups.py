@@ -34,21 +34,14 @@ from typing import Any
 import jax
 
 from ml_practical.fields import ConfigError
+from ml_practical.losses import path_names
 
 PyTree = Any
 
 
 def leaf_path(path) -> str:
-    """A jax key path as "a/b/c"."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+    """A jax key path as "a/b/c" (an nnx Variable's trailing "value" dropped: `losses.path_names`)."""
+    return "/".join(path_names(path))
 
 
 def paths(params: PyTree) -> list[str]:

@@ -171,6 +171,49 @@ def activation_stats(model: nn.Module, variables: Mapping[str, Any], x: jax.Arra
     return _to_host(stats)
 
 
+def activation_stats_nnx(model: Any, x: jax.Array, *,
+                         bins: int = 50) -> dict[str, dict[str, dict[str, Any]]]:
+    """`activation_stats` for a Flax NNX model, in the mode it is in.
+
+    The same statistics from the same sown "preact" / "act" values (the nnx families sow them
+    inside `nnx.capture`, `ml_practical.nnx.capture`), one jitted forward pass. The mode is the
+    model's (`model.eval()`: dropout off, BatchNorm on running statistics; `model.train()`). The
+    model is left exactly as given: the pass runs on a copy, so BatchNorm's running statistics
+    and the dropout streams' counters do not move (calling it twice in training mode draws the
+    same masks).
+
+    Args:
+      model: an `nnx.Module` called `model(x)` that sows the models contract's statistics.
+      x: one batch of inputs.
+      bins: histogram bins; 0 skips the histograms.
+
+    Returns:
+      As `activation_stats`.
+
+    Raises:
+      ValueError: bins < 0, or a model that sows nothing.
+    """
+    from flax import nnx
+
+    from ml_practical.nnx.capture import intermediates
+
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 0:
+        raise ValueError(f"bins: {bins!r}; expected an integer >= 0 (0 = no histograms)")
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def stats_of(state, x):
+        copy = nnx.merge(graphdef, state)
+        _, sown = intermediates(lambda m, x: m(x), copy, x)
+        return {layer: _layer_stats(kinds, bins) for layer, kinds in sown_by_layer(sown).items()}
+
+    stats = stats_of(state, x)
+    if not stats:
+        raise ValueError(f"model: {type(model).__name__} sows no 'preact' / 'act' "
+                         "intermediates; see the contract in ml_practical.models")
+    return _to_host(stats)
+
+
 def grad_norms(grads: Mapping[str, Any]) -> dict[str, float]:
     """Per-layer gradient L2 norms: one per top-level module of a params tree.
 
