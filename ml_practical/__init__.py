@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "analysis", "augment", "checkpointing", "clip_recorder", "config", "data", "distributed",
-    "early_stopping", "experiment", "idx", "initializers", "input_pipeline", "layers", "loop",
-    "losses", "lsuv", "metrics", "models", "multiseed", "optim", "plots", "run_files", "tasks",
-    "train", "uncertainty",
+    "dropout", "early_stopping", "experiment", "idx", "initializers", "input_pipeline", "layers",
+    "loop", "losses", "lsuv", "metrics", "models", "multiseed", "nnx", "normalization", "optim",
+    "plots", "run_files", "tasks", "train", "uncertainty",
 )
 # Public names re-exported at the top level: name -> the submodule that defines it.
 _EXPORTS = {

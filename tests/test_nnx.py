@@ -376,3 +376,54 @@ def test_nnx_optimizer_with_make_optimizer_trains_like_the_linen_path(case):
     _assert_trees_close(mpx.linen_variables(net), {"params": params, "batch_stats": stats},
                         rtol=1e-4, atol=1e-6)
     assert int(opt.step[...]) == steps
+
+
+def test_readme_nnx_example_runs_and_learns(capsys):
+    """The README's nnx example, executed as written: it trains (loss falls, the rule is learnt)."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- nnx-example -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "README.md: the nnx example block (<!-- nnx-example -->) is missing"
+    scope: dict = {}
+    exec(compile(block.group(1), "README.md:nnx-example", "exec"), scope)
+    assert scope["losses"][-1] < 0.5 * scope["losses"][0]
+    assert scope["accuracy"] > 0.8
+    assert "train accuracy" in capsys.readouterr().out
+    # The BatchNorm layer moved its running statistics during training.
+    assert not np.allclose(scope["model"].norm.mean[...], 0.0)
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_nnx_linear_family_equals_linen(num_classes):
+    fields = dict(num_classes=num_classes, kernel_init="normal(stddev=0.1)", bias_init="constant(0.5)")
+    lin = models.build_model("linear", fields)
+    v = lin.init(jax.random.key(0), X2, train=False)
+    net = mpx.build_model("linear", fields, (12,), rngs=nnx.Rngs(0))
+    mpx.load_variables(net, v)
+    np.testing.assert_allclose(net(X2), lin.apply(v, X2, train=True), rtol=1e-6)
+    g_l = jax.grad(lambda p: jnp.sum(lin.apply({"params": p}, X2, train=True) ** 2))(v["params"])
+    g_n = nnx.grad(lambda m: jnp.sum(m(X2) ** 2))(net)
+    _assert_trees_close(_pure(g_n), g_l, rtol=1e-5)
+
+
+def test_ghost_batchnorm_evaluates_any_batch_size():
+    """Ghost batches cut training batches only: evaluation takes any batch (linen and nnx)."""
+    x = X2[:12]  # not a multiple of 8
+    lin = layers.BatchNorm(ghost_batch_size=8)
+    v = lin.init(jax.random.key(0), x, train=False)
+    bn = mpx.BatchNorm(12, ghost_batch_size=8, use_running_average=True, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(bn(x), lin.apply(v, x, train=False), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not divide the batch of 12"):
+        bn(x, use_running_average=False)
+
+
+def test_every_linen_family_has_an_nnx_twin_built_by_name():
+    assert set(mpx.FAMILIES) == set(models.FAMILIES)
+    net = mpx.build_model("resnet", {"depth": 8, "width_multiplier": 0.25}, (8, 8, 3),
+                          rngs=nnx.Rngs(0))
+    lin = models.build_model("resnet", {"depth": 8, "width_multiplier": 0.25})
+    v = lin.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
+    assert jax.tree.map(jnp.shape, mpx.linen_variables(net)) == jax.tree.map(jnp.shape, v)
+    assert type(mpx.from_linen(lin, (8, 8, 3), rngs=nnx.Rngs(0))) is mpx.ResNet

@@ -28,9 +28,12 @@ from flax import nnx
 from ml_practical import models as linen_models
 from ml_practical.nnx import capture, layers
 from ml_practical.nnx.layers import BatchNorm, Dropout, GroupNorm, InstanceNorm, LayerNorm
+from ml_practical.nnx.cnn import CNN
+from ml_practical.nnx.linear import Linear
 from ml_practical.nnx.mlp import MLP
+from ml_practical.nnx.resnet import ResNet
 
-__all__ = ["FAMILIES", "MLP", "BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm",
+__all__ = ["CNN", "FAMILIES", "MLP", "Linear", "ResNet", "BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm",
            "build_model", "capture", "from_linen", "layers", "linen_variables", "load_variables",
            "mc_dropout", "register"]
 
@@ -46,6 +49,9 @@ def register(name: str, family: type[nnx.Module]) -> None:
 
 
 register("mlp", MLP)
+register("linear", Linear)
+register("cnn", CNN)
+register("resnet", ResNet)
 
 
 def from_linen(module: Any, input_shape: tuple[int, ...], *, rngs: nnx.Rngs) -> nnx.Module:
