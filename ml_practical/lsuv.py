@@ -3,6 +3,8 @@
 Data-dependent: it needs the model and a batch, so it takes `(apply_fn, variables, batch)` and
 returns new variables instead of being a `(key, shape)` initializer. `layer_output_variances` is the
 statistic it drives, usable on its own to measure any model's per-layer output variance.
+`lsuv_nnx` / `layer_output_variances_nnx` are the same algorithm (one loop, `_lsuv_loop`) for Flax
+NNX models, which they change in place.
 """
 
 from __future__ import annotations

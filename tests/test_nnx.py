@@ -427,3 +427,41 @@ def test_every_linen_family_has_an_nnx_twin_built_by_name():
     v = lin.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)), train=False)
     assert jax.tree.map(jnp.shape, mpx.linen_variables(net)) == jax.tree.map(jnp.shape, v)
     assert type(mpx.from_linen(lin, (8, 8, 3), rngs=nnx.Rngs(0))) is mpx.ResNet
+
+
+def test_lsuv_and_activation_stats_on_an_nnx_resnet_match_linen():
+    """Nested blocks, shortcut convs and a stem: the forward order and outputs LSUV reads."""
+    fields = {"depth": 8, "width_multiplier": 0.5, "shortcut": "B"}
+    x = jax.random.normal(jax.random.key(3), (16, 8, 8, 3))
+    lin = models.build_model("resnet", fields)
+    v = lin.init(jax.random.key(0), x, train=False)
+    net = mpx.build_model("resnet", fields, (8, 8, 3), rngs=nnx.Rngs(0))
+    mpx.load_variables(net, v)
+    net.eval()
+    report = lsuv.lsuv_nnx(net, x, key=jax.random.key(1))
+    v2, report_l = lsuv.lsuv(functools.partial(lin.apply, train=False), v, x,
+                             key=jax.random.key(1))
+    assert [r["layer"] for r in report] == [r["layer"] for r in report_l]
+    assert "stage_1/block_0/shortcut_conv" in [r["layer"] for r in report]
+    _assert_trees_close(mpx.linen_variables(net)["params"], v2["params"], rtol=1e-4, atol=1e-6)
+    a = activations.activation_stats_nnx(net, x, bins=0)
+    b = activations.activation_stats(lin, v2, x, bins=0)
+    assert list(a) == list(b)
+    for layer in a:
+        np.testing.assert_allclose(a[layer]["act"]["var"], b[layer]["act"]["var"], rtol=1e-4)
+
+
+def test_nnx_batchnorm_axis_name_gives_the_global_batch_statistics():
+    """BatchNorm(axis_name=...) under a mapped axis (here jax.vmap over 4 shards, as under
+    shard_map / pmap): each shard normalizes with the statistics of the whole batch."""
+    bn = mpx.BatchNorm(12, axis_name="shards", rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(bn)
+
+    def shard(xs, state):
+        layer = nnx.merge(graphdef, state)
+        return layer(xs), nnx.state(layer, nnx.BatchStat)
+
+    y, stats = jax.vmap(shard, in_axes=(0, None), axis_name="shards")(X2.reshape(4, 8, 12), state)
+    whole = mpx.BatchNorm(12, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(y.reshape(32, 12), whole(X2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nnx.to_pure_dict(stats)["mean"][0], whole.mean[...], rtol=1e-6)

@@ -26,6 +26,9 @@ The contract (what the loop, the diagnostics, LSUV, Monte Carlo dropout and the 
    norm options as fields), so every family offers the same kinds.
 6. Optional: `describe(input_shape) -> str`, one line for reports; `describe` below falls back to
    the family name and parameter count.
+7. Its Flax NNX twin, when it has one, is in `ml_practical.nnx` (`ml_practical.nnx.FAMILIES`):
+   built from an instance of this class and the input shape, with the same submodule names, so
+   the nnx state has the structure of these variables.
 """
 
 from __future__ import annotations
