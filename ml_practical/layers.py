@@ -27,7 +27,9 @@ from ml_practical import dropout as dropout_ops
 from ml_practical.dropout import DROPOUT_SAMPLERS, threefry16_keep_mask
 from ml_practical.normalization import (BN_BACKWARDS, LAYER_NORM_AXES, batch_norm,
                                         batch_norm_train, check_batch_norm, check_epsilon,
-                                        group_norm, instance_norm, layer_norm, output_dtype)
+                                        check_group_norm_input, check_instance_norm_input,
+                                        check_num_groups, group_norm, instance_norm, layer_norm,
+                                        output_dtype)
 
 Array = jax.Array
 Dtype = Any
@@ -256,19 +258,11 @@ class GroupNorm(_PerSampleNorm):
     num_groups: int = 32
 
     def __post_init__(self):
-        if not (isinstance(self.num_groups, int) and self.num_groups >= 1):
-            raise ValueError(f"GroupNorm.num_groups: {self.num_groups!r} is not allowed; "
-                             "expected a positive integer dividing the number of features")
+        check_num_groups(self.num_groups)
         super().__post_init__()
 
     def _check_input(self, x):
-        if x.ndim < 2:
-            raise ValueError(f"GroupNorm: input must have shape (N, ..., C); got shape {x.shape}")
-        features = x.shape[-1]
-        if features % self.num_groups != 0:
-            divisors = [g for g in range(1, features + 1) if features % g == 0]
-            raise ValueError(f"GroupNorm.num_groups: {self.num_groups} does not divide the "
-                             f"{features} features; expected one of {divisors}")
+        check_group_norm_input(x, self.num_groups)
 
     def _apply(self, x, scale, bias):
         return group_norm(x, self.num_groups, scale, bias, self.epsilon)
@@ -283,11 +277,7 @@ class InstanceNorm(_PerSampleNorm):
     """
 
     def _check_input(self, x):
-        if x.ndim < 3:
-            raise ValueError(
-                f"InstanceNorm: input must have shape (N, *spatial, C) with at least one spatial "
-                f"axis; got shape {x.shape}. For (N, C) there is nothing to normalize over per "
-                "channel: use LayerNorm or BatchNorm instead")
+        check_instance_norm_input(x)
 
     def _apply(self, x, scale, bias):
         return instance_norm(x, scale, bias, self.epsilon)

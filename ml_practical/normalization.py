@@ -29,7 +29,8 @@ Array = jax.Array
 Dtype = Any
 
 __all__ = ["BN_BACKWARDS", "LAYER_NORM_AXES", "batch_norm", "batch_norm_train", "check_epsilon",
-           "check_batch_norm", "group_norm", "instance_norm", "layer_norm", "moments", "normalize",
+           "check_batch_norm", "check_group_norm_input", "check_instance_norm_input",
+           "check_num_groups", "group_norm", "instance_norm", "layer_norm", "moments", "normalize",
            "num_ghosts", "output_dtype"]
 
 BN_BACKWARDS = ("autodiff", "manual")
@@ -400,3 +401,30 @@ def instance_norm(x: Array, scale: Array | None, bias: Array | None, eps: float)
     """
     mean, var = moments(x, tuple(range(1, x.ndim - 1)), keepdims=True)
     return normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
+
+
+def check_num_groups(num_groups: int, features: int | None = None) -> None:
+    """GroupNorm's G: a positive integer, dividing `features` when they are known."""
+    if not (isinstance(num_groups, int) and not isinstance(num_groups, bool) and num_groups >= 1):
+        raise ValueError(f"GroupNorm.num_groups: {num_groups!r} is not allowed; expected a "
+                         "positive integer dividing the number of features")
+    if features is not None and features % num_groups:
+        divisors = [g for g in range(1, features + 1) if features % g == 0]
+        raise ValueError(f"GroupNorm.num_groups: {num_groups} does not divide the "
+                         f"{features} features; expected one of {divisors}")
+
+
+def check_group_norm_input(x: Array, num_groups: int) -> None:
+    """GroupNorm's input: (N, ..., C) with G dividing C."""
+    if x.ndim < 2:
+        raise ValueError(f"GroupNorm: input must have shape (N, ..., C); got shape {x.shape}")
+    check_num_groups(num_groups, x.shape[-1])
+
+
+def check_instance_norm_input(x: Array) -> None:
+    """InstanceNorm's input: (N, *spatial, C) with at least one spatial axis."""
+    if x.ndim < 3:
+        raise ValueError(
+            f"InstanceNorm: input must have shape (N, *spatial, C) with at least one spatial "
+            f"axis; got shape {x.shape}. For (N, C) there is nothing to normalize over per "
+            "channel: use LayerNorm or BatchNorm instead")

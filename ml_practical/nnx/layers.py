@@ -195,20 +195,12 @@ class GroupNorm(_PerSampleNorm):
     """
 
     def __init__(self, num_features: int, *, num_groups: int = 32, **kwargs):
-        if not (isinstance(num_groups, int) and not isinstance(num_groups, bool)
-                and num_groups >= 1):
-            raise ValueError(f"GroupNorm.num_groups: {num_groups!r} is not allowed; expected a "
-                             "positive integer dividing the number of features")
-        if num_features % num_groups:
-            divisors = [g for g in range(1, num_features + 1) if num_features % g == 0]
-            raise ValueError(f"GroupNorm.num_groups: {num_groups} does not divide the "
-                             f"{num_features} features; expected one of {divisors}")
+        norm_ops.check_num_groups(num_groups, num_features)
         super().__init__(num_features, **kwargs)
         self.num_groups = num_groups
 
     def _check_input(self, x):
-        if x.ndim < 2:
-            raise ValueError(f"GroupNorm: input must have shape (N, ..., C); got shape {x.shape}")
+        norm_ops.check_group_norm_input(x, self.num_groups)
 
     def _apply(self, x, scale, bias):
         return norm_ops.group_norm(x, self.num_groups, scale, bias, self.epsilon)
@@ -221,11 +213,7 @@ class InstanceNorm(_PerSampleNorm):
     """
 
     def _check_input(self, x):
-        if x.ndim < 3:
-            raise ValueError(
-                f"InstanceNorm: input must have shape (N, *spatial, C) with at least one spatial "
-                f"axis; got shape {x.shape}. For (N, C) there is nothing to normalize over per "
-                "channel: use LayerNorm or BatchNorm instead")
+        norm_ops.check_instance_norm_input(x)
 
     def _apply(self, x, scale, bias):
         return norm_ops.instance_norm(x, scale, bias, self.epsilon)
