@@ -57,7 +57,7 @@ for name, fam, fields, x in [
     run_layer(name, m, x)
 # the lsuv loop and the masks (refactored for nnx)
 import functools
-from ml_practical import lsuv as L, losses as LO, param_groups as PG, optim as O, config as C
+from ml_practical import config as C, losses as LO, lsuv as L, optim as O
 m = models.build_model("mlp", dict(widths=(16, 8), norm="batch"))
 v = m.init(jax.random.key(0), x2, train=False)
 v2, rep = L.lsuv(functools.partial(m.apply, train=False), v, x2, key=jax.random.key(1))
