@@ -29,14 +29,14 @@ from ml_practical.normalization import (BN_BACKWARDS, LAYER_NORM_AXES, batch_nor
                                         batch_norm_train, check_batch_norm, check_epsilon,
                                         check_group_norm_input, check_instance_norm_input,
                                         check_num_groups, group_norm, instance_norm, layer_norm,
-                                        output_dtype)
+                                        output_dtype, rms_norm)
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 
 __all__ = ["BN_BACKWARDS", "BatchNorm", "DROPOUT_SAMPLERS", "Dropout", "GroupNorm", "InstanceNorm",
-           "LAYER_NORM_AXES", "LayerNorm", "batch_norm_train", "group_norm", "instance_norm",
+           "LAYER_NORM_AXES", "LayerNorm", "RMSNorm", "batch_norm_train", "group_norm", "instance_norm",
            "layer_norm"]
 
 # The old private name, kept for callers of the sampler (its home is `ml_practical.dropout`).
@@ -266,6 +266,20 @@ class GroupNorm(_PerSampleNorm):
 
     def _apply(self, x, scale, bias):
         return group_norm(x, self.num_groups, scale, bias, self.epsilon)
+
+
+class RMSNorm(_PerSampleNorm):
+    """Root-mean-square normalization (Zhang & Sennrich 2019): `rms_norm`.
+
+    For each sample, y_ij = gamma_j z_ij / sqrt((1/d) sum_j z_ij^2 + eps): LayerNorm without the
+    mean subtraction (and, by default, without beta), the norm of T5, LLaMA and most recent
+    Transformers. Statistics over the last axis.
+    """
+
+    use_bias: bool = False
+
+    def _apply(self, x, scale, bias):
+        return rms_norm(x, scale, bias, self.epsilon)
 
 
 class InstanceNorm(_PerSampleNorm):

@@ -31,7 +31,7 @@ Dtype = Any
 __all__ = ["BN_BACKWARDS", "LAYER_NORM_AXES", "batch_norm", "batch_norm_train", "check_epsilon",
            "check_batch_norm", "check_group_norm_input", "check_instance_norm_input",
            "check_num_groups", "group_norm", "instance_norm", "layer_norm", "moments", "normalize",
-           "num_ghosts", "output_dtype"]
+           "num_ghosts", "output_dtype", "rms_norm"]
 
 BN_BACKWARDS = ("autodiff", "manual")
 
@@ -401,6 +401,25 @@ def instance_norm(x: Array, scale: Array | None, bias: Array | None, eps: float)
     """
     mean, var = moments(x, tuple(range(1, x.ndim - 1)), keepdims=True)
     return normalize(x.astype(mean.dtype), mean, var, scale, bias, eps)
+
+
+def rms_norm(x: Array, scale: Array | None, bias: Array | None, eps: float) -> Array:
+    """RMSNorm (Zhang & Sennrich 2019, eq. 4): per sample, y = gamma x / sqrt(mean(x^2) + eps).
+
+    No mean is subtracted (the re-centring of LayerNorm is dropped; only the re-scaling stays),
+    statistics over the last axis in float32. `bias` (beta) is optional and off in the paper.
+
+    Args:
+      x: input (..., features).
+      scale, bias: gamma and beta of shape (features,), or None.
+      eps: added to the mean square.
+
+    Returns:
+      float32 (or wider) array like x.
+    """
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    ms = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return normalize(x, jnp.zeros((), x.dtype), ms, scale, bias, eps)
 
 
 def check_num_groups(num_groups: int, features: int | None = None) -> None:

@@ -46,6 +46,7 @@ from ml_practical.models.linear import Linear
 from ml_practical.models.mlp import MLP
 from ml_practical.models.norms import NORMS, make_norm
 from ml_practical.models.resnet import ResNet
+from ml_practical.models.transformer import Transformer
 
 FAMILIES: dict[str, type[nn.Module]] = {}
 
@@ -61,6 +62,7 @@ register("mlp", MLP)
 register("linear", Linear)
 register("cnn", CNN)
 register("resnet", ResNet)
+register("transformer", Transformer)
 
 
 def build_model(name: str, fields: Mapping[str, Any] | None = None) -> nn.Module:
@@ -141,6 +143,6 @@ def kernel_shapes(model: nn.Module, variables: Any, x: Any) -> list[tuple[int, .
     return out
 
 
-__all__ = ["ACTIVATIONS", "CNN", "FAMILIES", "Linear", "MLP", "ResNet", "NORMS", "build_model", "describe",
+__all__ = ["ACTIVATIONS", "CNN", "FAMILIES", "Linear", "MLP", "ResNet", "Transformer", "NORMS", "build_model", "describe",
            "family_name", "get_activation", "kernel_layers", "kernel_shapes", "make_norm", "register",
            "supports_mc_dropout"]

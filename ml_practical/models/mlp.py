@@ -93,7 +93,7 @@ class MLP(nn.Module):
         if self.norm == "instance":
             raise ConfigError("model.norm: 'instance' normalizes over spatial axes, which the "
                               "MLP's (N, features) activations do not have; expected one of "
-                              "['batch', 'group', 'layer', 'none']")
+                              "['batch', 'group', 'layer', 'none', 'rms']")
         for name in ("hidden_init", "output_init", "bias_init"):
             check_initializer(f"model.{name}", getattr(self, name))
         if self.norm == "group" and any(w % self.num_groups for w in self.widths):

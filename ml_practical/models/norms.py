@@ -13,6 +13,8 @@ Kinds (features = the last axis; for images (N, H, W, C) the channels):
               ("all": C, H, W for images, Ba et al.'s convolutional form)
   "group"     GroupNorm: per sample and group of `num_groups` contiguous features (and H, W)
   "instance"  InstanceNorm: per sample and feature, over the spatial axes (needs H, W)
+  "rms"       RMSNorm: per sample, x / sqrt(mean over the features of x^2 + eps), gamma only
+              (Zhang & Sennrich 2019; no mean subtracted)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import flax.linen as nn
 
 from ml_practical import layers
 
-NORMS = ("batch", "group", "instance", "layer", "none")
+NORMS = ("batch", "group", "instance", "layer", "none", "rms")
 LAYER_NORM_AXES = layers.LAYER_NORM_AXES
 
 
@@ -64,4 +66,6 @@ def make_norm(kind: str, *, name: str, momentum: float = 0.9, epsilon: float = 1
         return layers.GroupNorm(num_groups=num_groups, epsilon=epsilon, name=name, **extra)
     if kind == "instance":
         return layers.InstanceNorm(epsilon=epsilon, name=name, **extra)
+    if kind == "rms":
+        return layers.RMSNorm(epsilon=epsilon, name=name, **extra)
     raise ValueError(f"model.norm: unknown {kind!r}; expected one of {list(NORMS)}")

@@ -37,7 +37,7 @@ Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 
-__all__ = ["BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm", "make_norm"]
+__all__ = ["BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "make_norm"]
 
 _ones = jax.nn.initializers.ones
 _zeros = jax.nn.initializers.zeros
@@ -206,6 +206,22 @@ class GroupNorm(_PerSampleNorm):
         return norm_ops.group_norm(x, self.num_groups, scale, bias, self.epsilon)
 
 
+class RMSNorm(_PerSampleNorm):
+    """RMSNorm (Zhang & Sennrich 2019): `ml_practical.normalization.rms_norm`; no beta by default.
+
+    Args:
+      num_features: the size of the last axis.
+      use_bias: learn a beta as well (off, as in the paper).
+      the rest: as `LayerNorm`'s.
+    """
+
+    def __init__(self, num_features: int, *, use_bias: bool = False, **kwargs):
+        super().__init__(num_features, use_bias=use_bias, **kwargs)
+
+    def _apply(self, x, scale, bias):
+        return norm_ops.rms_norm(x, scale, bias, self.epsilon)
+
+
 class InstanceNorm(_PerSampleNorm):
     """Instance normalization (Ulyanov et al. 2016): `ml_practical.normalization.instance_norm`.
 
@@ -289,7 +305,7 @@ def make_norm(kind: str, num_features: int, *, rngs: nnx.Rngs, momentum: float =
               epsilon: float = 1e-5, num_groups: int = 8, layer_norm_axes: str = "features",
               bn_backward: str = "autodiff", axis_name: str | None = None, scale_init=None,
               ghost_batch_size: int = 0) -> nnx.Module | None:
-    """The nnx normalization layer of `kind` ("batch" | "layer" | "group" | "instance"), or None
+    """The nnx normalization layer of `kind` ("batch" | "layer" | "group" | "instance" | "rms"), or None
     for "none": `ml_practical.models.norms.make_norm` with the features given up front.
 
     BatchNorm layers are called `layer(x)`, and so are the others.
@@ -310,5 +326,7 @@ def make_norm(kind: str, num_features: int, *, rngs: nnx.Rngs, momentum: float =
         return GroupNorm(num_features, num_groups=num_groups, epsilon=epsilon, rngs=rngs, **extra)
     if kind == "instance":
         return InstanceNorm(num_features, epsilon=epsilon, rngs=rngs, **extra)
+    if kind == "rms":
+        return RMSNorm(num_features, epsilon=epsilon, rngs=rngs, **extra)
     raise ValueError(f"model.norm: unknown {kind!r}; expected one of "
-                     "['batch', 'group', 'instance', 'layer', 'none']")
+                     "['batch', 'group', 'instance', 'layer', 'none', 'rms']")
