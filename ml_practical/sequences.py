@@ -45,6 +45,8 @@ class SequenceSpec:
       vocab_size: ids in [0, vocab_size); retrieval needs vocab_size - 2 - K >= max_pairs keys.
       min_pairs, max_pairs: retrieval: pairs per sequence (length 2 n + 2).
       min_len, max_len: majority: sequence length before padding.
+      tight: majority: a runner-up class with exactly one occurrence fewer than the label's
+        (otherwise the others' counts are uniform below it).
     """
 
     rule: str = "retrieval"
@@ -54,6 +56,7 @@ class SequenceSpec:
     max_pairs: int = 8
     min_len: int = 8
     max_len: int = 24
+    tight: bool = False
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -110,6 +113,9 @@ def _majority(spec: SequenceSpec, n: int, rng: np.random.Generator):
         length = lengths[i]
         top = rng.integers(1, max(2, length // 3) + 1)  # the label's count
         counts = rng.integers(0, top, spec.num_classes)  # every other class strictly fewer
+        if spec.tight and top > 1:
+            # The runner-up one short of the label: the count must be exact, not approximate.
+            counts[rng.choice([k for k in range(spec.num_classes) if k != y[i]])] = top - 1
         counts[y[i]] = top
         while counts.sum() > length:  # short sequences: thin the others, keep the label's
             j = int(np.argmax(np.where(np.arange(spec.num_classes) == y[i], -1, counts)))

@@ -179,6 +179,13 @@ def test_majority_sequences_follow_their_rule():
     assert np.all(top[:, -1] > top[:, -2])  # a strict majority
     np.testing.assert_array_equal(np.argmax(counts, 1), y)
     assert ((x != 0).sum(1) >= 6).all() and ((x != 0).sum(1) <= 20).all()
+    tight = sequences.SequenceSpec(rule="majority", num_classes=3, min_len=6, max_len=20,
+                                   tight=True)
+    xt, yt = sequences.make_sequences(tight, 400, seed=1)
+    ct = np.sort(np.stack([(xt.astype(int) == sequences.FIRST_CLASS_TOKEN + k).sum(1)
+                           for k in range(3)], 1), 1)
+    winners = ct[:, -1] > 1
+    np.testing.assert_array_equal(ct[winners, -1] - ct[winners, -2], 1)  # one short
 
 
 def test_sequence_spec_and_dataset_checks():

@@ -15,7 +15,9 @@ probabilities (`attn_drop_rate`), on each sublayer's output before the residual 
 
 Inputs: token ids as floats (N, L) (a `data.Dataset` holds floating inputs; ids are exact in
 float32 below 2^24), `pad_id` marking padding. Sequences are right-padded or not: the mask comes
-from the ids, so any position may be padding.
+from the ids, so any position may be padding. An id outside [0, vocab_size) cannot be refused
+under jit: flax's Embed returns NaN for it, so the loss turns non-finite and the training loop's
+non-finite guard stops the run (build the data with the model's vocab_size).
 
 Norm "batch" is a BatchNorm over every (sample, position) pair of the (N, L, d) activations, the
 drop-in `nn.BatchNorm` a CNN habit would put there: its statistics include the padding positions
