@@ -196,3 +196,31 @@ def test_sequence_spec_and_dataset_checks():
     ds = sequences.load_sequences(sequences.SequenceSpec(), 50, 20, 30, seed=0)
     assert (len(ds.train_y), len(ds.val_y), len(ds.test_y)) == (50, 20, 30)
     assert ds.num_classes == 4 and not np.array_equal(ds.train_x[:20], ds.val_x)
+
+
+@pytest.mark.parametrize("placement,norm", [("pre", "layer"), ("post", "batch"), ("pre", "rms")])
+def test_nnx_transformer_equals_linen(placement, norm):
+    fields = {**SMALL, "placement": placement, "norm": norm, "attn_drop_rate": 0.0,
+              "resid_drop_rate": 0.0, "embed_drop_rate": 0.0}
+    x, _ = _tokens()
+    lin = models.build_model("transformer", fields)
+    v = lin.init(jax.random.key(0), x, train=False)
+    net = mpx.build_model("transformer", fields, (12,), rngs=nnx.Rngs(0))
+    assert jax.tree.map(jnp.shape, mpx.linen_variables(net)) == jax.tree.map(jnp.shape, v)
+    mpx.load_variables(net, v)
+    net.eval()
+    np.testing.assert_allclose(net(x), lin.apply(v, x, train=False), rtol=1e-5, atol=1e-5)
+    net.train()
+    loss = lambda y: jnp.sum(jnp.sin(y))
+    (l_l, st), g_l = jax.value_and_grad(
+        lambda p: (lambda out: (loss(out[0]), out[1]))(
+            lin.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])),
+        has_aux=True)(v["params"])
+    l_n, g_n = nnx.value_and_grad(lambda m: loss(m(x)))(net)
+    np.testing.assert_allclose(l_n, l_l, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(g_n)), jax.tree.leaves(g_l)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    if norm == "batch":
+        for a, b in zip(jax.tree.leaves(mpx.linen_variables(net)["batch_stats"]),
+                        jax.tree.leaves(st["batch_stats"])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -43,6 +43,18 @@ TRANSFORMER_NORMS = ("batch", "layer", "none", "rms")
 POOLINGS = ("first", "last", "mean")
 
 
+def pool(h: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
+    """(N, L, d) -> (N, d): "mean" over the valid positions, "first", or "last" valid position
+    (right padding: the position mask.sum() - 1)."""
+    if pooling == "first":
+        return h[:, 0]
+    if pooling == "last":
+        last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
+        return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    weights = mask.astype(h.dtype)[..., None]
+    return jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
 class _Attention(nn.Module):
     """Multi-head self-attention: Dense projections "query", "key", "value", "out"."""
 
@@ -170,16 +182,8 @@ class Transformer(nn.Module):
                        name=f"block_{i}")(h, mask, train=train, drop=drop)
         if self.placement == "pre":
             h = self._apply_norm(h, "final_norm", train)
-        if self.pooling == "first":
-            pooled = h[:, 0]
-        elif self.pooling == "last":  # the last valid position (right padding: mask sum - 1)
-            last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
-            pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
-        else:
-            weights = mask.astype(h.dtype)[..., None]
-            pooled = jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
         return nn.Dense(self.num_classes, kernel_init=initializers.get(self.output_init),
-                        name="head")(pooled)
+                        name="head")(pool(h, mask, self.pooling))
 
     def describe(self, input_shape: tuple[int, ...]) -> str:
         return (f"Transformer encoder, {self.num_layers} x {self.placement}-{self.norm} blocks, "

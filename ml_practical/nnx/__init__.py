@@ -32,8 +32,9 @@ from ml_practical.nnx.cnn import CNN
 from ml_practical.nnx.linear import Linear
 from ml_practical.nnx.mlp import MLP
 from ml_practical.nnx.resnet import ResNet
+from ml_practical.nnx.transformer import Transformer
 
-__all__ = ["CNN", "FAMILIES", "MLP", "Linear", "ResNet", "BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm",
+__all__ = ["CNN", "FAMILIES", "MLP", "Linear", "ResNet", "Transformer", "BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm",
            "build_model", "capture", "from_linen", "layers", "linen_variables", "load_variables",
            "mc_dropout", "register"]
 
@@ -52,6 +53,7 @@ register("mlp", MLP)
 register("linear", Linear)
 register("cnn", CNN)
 register("resnet", ResNet)
+register("transformer", Transformer)
 
 
 def from_linen(module: Any, input_shape: tuple[int, ...], *, rngs: nnx.Rngs) -> nnx.Module:
