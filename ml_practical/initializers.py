@@ -126,6 +126,13 @@ def _embedding_dim(shape: Sequence[int]) -> int:
     return shape[-1]
 
 
+def _embedding_rows(shape: Sequence[int]) -> int:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 0:
+        raise ValueError("shape: a 0-d shape has no rows; expected (num_rows, d)")
+    return shape[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Samplers
 
@@ -367,6 +374,26 @@ def embedding_uniform() -> Initializer:
     return init
 
 
+def embedding_rows_uniform() -> Initializer:
+    """Embedding table init U(-sqrt(1/n), sqrt(1/n)), n = number of rows = shape[0].
+
+    The public DLRM reference (Naumov et al. 2019, facebookresearch/dlrm `dlrm_s_pytorch.py`,
+    `create_emb`) draws each (n, m) table as
+    `np.random.uniform(low=-np.sqrt(1 / n), high=np.sqrt(1 / n), size=(n, m))`: the bound shrinks
+    with the vocabulary size n, not with the embedding dimension d = m. Each entry has variance
+    1/(3n), so a row's expected squared norm is d/(3n), which goes to zero for a big table. The
+    chapter's Example 4 states the other rule, U(-1/sqrt(d), 1/sqrt(d)) (`embedding_uniform`,
+    variance 1/(3d), row norm^2 1/3 whatever n is); claims.md CASE-04 records the mismatch. With
+    both named, a config picks one and a study can compare them.
+
+    Returns:
+      `init(key, shape, dtype=jnp.float32)` for an (n, d) table; n is the first axis of `shape`.
+    """
+    def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        return _uniform(key, shape, dtype, math.sqrt(1.0 / _embedding_rows(shape)))
+    return init
+
+
 # --------------------------------------------------------------------------------------------------
 # Name resolution
 
@@ -381,6 +408,7 @@ _FACTORIES: dict[str, Callable[..., Initializer]] = {
     "he_uniform": he_uniform,
     "orthogonal": orthogonal,
     "embedding_uniform": embedding_uniform,
+    "embedding_rows_uniform": embedding_rows_uniform,
 }
 
 
@@ -499,4 +527,6 @@ def expected_std(name: str, shape: Sequence[int], **kwargs: Any) -> float:
         return kwargs.get("gain", 1.0) / math.sqrt(max(_orthogonal_matrix_shape(shape)))
     if name == "embedding_uniform":
         return 1.0 / math.sqrt(3.0 * _embedding_dim(shape))
+    if name == "embedding_rows_uniform":
+        return 1.0 / math.sqrt(3.0 * _embedding_rows(shape))
     raise AssertionError(f"expected_std: {name!r} is registered but has no formula")

@@ -371,7 +371,8 @@ def test_get_resolves_each_name_to_its_factory(name, kwargs):
 
 def test_get_covers_the_shared_names():
     assert I.names() == sorted(["zeros", "constant", "normal", "xavier_normal", "xavier_uniform",
-                                "he_normal", "he_uniform", "orthogonal", "embedding_uniform"])
+                                "he_normal", "he_uniform", "orthogonal", "embedding_uniform",
+                                "embedding_rows_uniform"])
 
 
 def test_get_passes_callables_through():
@@ -385,7 +386,8 @@ def test_get_unknown_name_lists_valid_names_sorted():
     with pytest.raises(ValueError) as err:
         I.get("kaiming")
     assert str(err.value) == (
-        "initializer: unknown 'kaiming'; expected one of ['constant', 'embedding_uniform', "
+        "initializer: unknown 'kaiming'; expected one of ['constant', 'embedding_rows_uniform', "
+        "'embedding_uniform', "
         "'he_normal', 'he_uniform', 'normal', 'orthogonal', 'xavier_normal', 'xavier_uniform', "
         "'zeros']")
 

@@ -42,6 +42,7 @@ import jax
 from ml_practical.config import build, config_fields
 from ml_practical.models.activations import ACTIVATIONS, get_activation
 from ml_practical.models.cnn import CNN
+from ml_practical.models.dlrm import DLRM
 from ml_practical.models.linear import Linear
 from ml_practical.models.mlp import MLP
 from ml_practical.models.norms import NORMS, make_norm
@@ -63,6 +64,7 @@ register("linear", Linear)
 register("cnn", CNN)
 register("resnet", ResNet)
 register("transformer", Transformer)
+register("dlrm", DLRM)
 
 
 def build_model(name: str, fields: Mapping[str, Any] | None = None) -> nn.Module:
@@ -143,6 +145,6 @@ def kernel_shapes(model: nn.Module, variables: Any, x: Any) -> list[tuple[int, .
     return out
 
 
-__all__ = ["ACTIVATIONS", "CNN", "FAMILIES", "Linear", "MLP", "ResNet", "Transformer", "NORMS", "build_model", "describe",
+__all__ = ["ACTIVATIONS", "CNN", "DLRM", "FAMILIES", "Linear", "MLP", "ResNet", "Transformer", "NORMS", "build_model", "describe",
            "family_name", "get_activation", "kernel_layers", "kernel_shapes", "make_norm", "register",
            "supports_mc_dropout"]

@@ -29,12 +29,13 @@ from ml_practical import models as linen_models
 from ml_practical.nnx import capture, layers
 from ml_practical.nnx.layers import BatchNorm, Dropout, GroupNorm, InstanceNorm, LayerNorm
 from ml_practical.nnx.cnn import CNN
+from ml_practical.nnx.dlrm import DLRM
 from ml_practical.nnx.linear import Linear
 from ml_practical.nnx.mlp import MLP
 from ml_practical.nnx.resnet import ResNet
 from ml_practical.nnx.transformer import Transformer
 
-__all__ = ["CNN", "FAMILIES", "MLP", "Linear", "ResNet", "Transformer", "BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm",
+__all__ = ["CNN", "DLRM", "FAMILIES", "MLP", "Linear", "ResNet", "Transformer", "BatchNorm", "Dropout", "GroupNorm", "InstanceNorm", "LayerNorm",
            "build_model", "capture", "from_linen", "layers", "linen_variables", "load_variables",
            "mc_dropout", "register"]
 
@@ -54,6 +55,7 @@ register("linear", Linear)
 register("cnn", CNN)
 register("resnet", ResNet)
 register("transformer", Transformer)
+register("dlrm", DLRM)
 
 
 def from_linen(module: Any, input_shape: tuple[int, ...], *, rngs: nnx.Rngs) -> nnx.Module:
