@@ -258,6 +258,8 @@ def test_every_experiment_config_parses():
     from experiments.depth_residual.main import DepthResidualStudy
     from experiments.lab_cnn.rows import LabCnnStudy
     from experiments.sam_dropout.main import SamDropoutStudy
+    from experiments.transformer_norm.main import TransformerNormStudy
+    from experiments.ctr_case.main import CTRCaseStudy
 
     for study, names in ((BatchNormBatchStudy, ("batch_norm_batch", "batch_norm_batch_full")),
                          (BNInitStudy, ("bn_init", "bn_init_full")),
@@ -265,7 +267,9 @@ def test_every_experiment_config_parses():
                          (BNPlacementStudy, ("bn_placement", "bn_placement_full")),
                          (DepthResidualStudy, ("depth_residual", "depth_residual_full")),
                          (LabCnnStudy, ("lab_cnn", "lab_cnn_full", "lab_cnn_cifar10", "toolkit_lab")),
-                         (SamDropoutStudy, ("sam_dropout", "sam_dropout_full", "sam_dropout_mlp"))):
+                         (SamDropoutStudy, ("sam_dropout", "sam_dropout_full", "sam_dropout_mlp")),
+                         (TransformerNormStudy, ("transformer_norm", "transformer_norm_full")),
+                         (CTRCaseStudy, ("ctr_case", "ctr_case_full"))):
         studies.update(dict.fromkeys(names, study))
     from experiments.audit.main import AuditConfig
 
