@@ -90,6 +90,19 @@ class Start:
     created: bool = False
 
 
+
+def select_rows(only: str, rows: Sequence[str]) -> list[str]:
+    """The comma-separated names of a study's `only` field, in `rows`' order ("" = every row).
+
+    Raises:
+      ValueError: an unknown row name (the study's Section check turns it into its field's line).
+    """
+    chosen = [s.strip() for s in only.split(",") if s.strip()]
+    for name in chosen:
+        if name not in rows:
+            raise ValueError(f"only: unknown row {name!r}; expected some of {list(rows)}")
+    return [n for n in rows if n in chosen] if chosen else list(rows)
+
 def start(argv: Sequence[str], module: str, *, study: type | None = None,
           training: bool = True, lock: bool = True) -> Start:
     """Refuses stray arguments, quiets absl (orbax logs every save at INFO), parses the config.

@@ -27,6 +27,8 @@ two of them with an equivalence margin (`CLAIMS`).
 
 from __future__ import annotations
 
+from experiments import cli
+
 ARMS = ("cnn", "mlp")
 
 ROWS = {
@@ -80,16 +82,8 @@ CLAIMS = {
 
 
 def select_rows(only: str) -> list[str]:
-    """The comma-separated rows of `only` in `ROWS` order ("" = every row).
-
-    Raises:
-      ValueError: an unknown row name.
-    """
-    chosen = [s.strip() for s in only.split(",") if s.strip()]
-    for name in chosen:
-        if name not in ROWS:
-            raise ValueError(f"only: unknown row {name!r}; expected some of {list(ROWS)}")
-    return [n for n in ROWS if n in chosen] if chosen else list(ROWS)
+    """The comma-separated rows of `only` in `ROWS` order ("" = every row): `cli.select_rows`."""
+    return cli.select_rows(only, ROWS)
 
 
 def comparisons(names) -> list[tuple[str, str, str]]:

@@ -36,6 +36,8 @@ order, so differences are paired by seed.
 
 from __future__ import annotations
 
+from experiments import cli
+
 FAMILIES = ("placement", "norm")
 
 ROWS = {
@@ -127,16 +129,8 @@ CLAIMS = {
 
 
 def select_rows(only: str) -> list[str]:
-    """The comma-separated rows of `only` in `ROWS` order ("" = every row).
-
-    Raises:
-      ValueError: an unknown row name.
-    """
-    chosen = [s.strip() for s in only.split(",") if s.strip()]
-    for name in chosen:
-        if name not in ROWS:
-            raise ValueError(f"only: unknown row {name!r}; expected some of {list(ROWS)}")
-    return [n for n in ROWS if n in chosen] if chosen else list(ROWS)
+    """The comma-separated rows of `only` in `ROWS` order ("" = every row): `cli.select_rows`."""
+    return cli.select_rows(only, ROWS)
 
 
 def comparisons(names) -> list[tuple[str, str, str, str]]:
