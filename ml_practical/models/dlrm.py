@@ -182,12 +182,8 @@ class DLRM(nn.Module):
         embed_init = initializers.get(self.embed_init)
         rows = []
         for j, size in enumerate(self.table_sizes):
-            column = id_x[:, j]
-            ids = column.astype(jnp.int32)
-            valid = (ids.astype(column.dtype) == column) & (ids >= 0) & (ids < size)
-            e = nn.Embed(size, self.embed_dim, embedding_init=embed_init,
-                         name=f"embed_{j}")(jnp.clip(ids, 0, size - 1))
-            rows.append(jnp.where(valid[:, None], e, jnp.nan))  # see the class docstring
+            table = nn.Embed(size, self.embed_dim, embedding_init=embed_init, name=f"embed_{j}")
+            rows.append(lookup(table, id_x[:, j], size))
         e = jnp.stack(rows, axis=1)                                            # (N, k, d)
         if self.embed_drop_rate > 0.0:
             e = layers.Dropout(self.embed_drop_rate, sampler=self.dropout_sampler,
@@ -230,6 +226,16 @@ class DLRM(nn.Module):
                 f"({rows} rows) x {self.embed_dim}; {self.interaction} interaction "
                 f"({self.interaction_width} features); top {top}, {norm}, "
                 f"dropout {self.drop_rate:g}")
+
+
+def lookup(table, column: jax.Array, size: int) -> jax.Array:
+    """The rows `table(ids)` (an Embed, linen or nnx) for one float id column (N,), NaN rows for
+    ids that are not integers in [0, size): `jnp.take` would give NaN only above the range and
+    wrap negative ids silently, so the id is clipped into range and its row then set to NaN
+    (the DLRM class docstring: a data bug turns the logit non-finite)."""
+    ids = column.astype(jnp.int32)
+    valid = (ids.astype(column.dtype) == column) & (ids >= 0) & (ids < size)
+    return jnp.where(valid[:, None], table(jnp.clip(ids, 0, size - 1)), jnp.nan)
 
 
 def interact(z: jax.Array, e: jax.Array, kind: str) -> jax.Array:

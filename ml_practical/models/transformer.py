@@ -55,6 +55,28 @@ def pool(h: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
     return jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+              drop_weights=lambda w: w) -> jax.Array:
+    """Scaled dot-product attention, softmax(Q K^T / sqrt(d_head)) V (Vaswani et al. 2017, eq. 1),
+    per head, with the keys where `key_mask` is False left out.
+
+    Args:
+      q, k, v: (N, L, H, d_head).
+      key_mask: (N, L) bool, True for valid positions.
+      drop_weights: applied to the attention probabilities (dropout), identity by default.
+
+    Returns:
+      (N, L, H * d_head), the heads concatenated.
+    """
+    n, length, h, head = q.shape
+    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(head)
+    # Padding keys get the most negative finite value before the softmax (-inf would give NaN
+    # in a row of only padding; such a row's output is pooled away anyway).
+    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = drop_weights(jax.nn.softmax(logits, axis=-1))
+    return jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, h * head)
+
+
 class _Attention(nn.Module):
     """Multi-head self-attention: Dense projections "query", "key", "value", "out"."""
 
@@ -73,16 +95,11 @@ class _Attention(nn.Module):
         split = lambda name: nn.Dense(d, kernel_init=self.kernel_init, name=name)(x).reshape(
             n, length, h, head)
         q, k, v = split("query"), split("key"), split("value")  # (N, L, H, Dh)
-        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(head)
-        # Padding keys get -inf before the softmax (a large finite value: a row of only padding
-        # would give NaN with -inf; its output is pooled away anyway).
-        big_neg = jnp.finfo(logits.dtype).min
-        logits = jnp.where(key_mask[:, None, None, :], logits, big_neg)
-        weights = jax.nn.softmax(logits, axis=-1)
+        drop = lambda w: w
         if self.attn_drop_rate > 0.0:
-            weights = layers.Dropout(self.attn_drop_rate, sampler=self.dropout_sampler,
-                                     name="attn_dropout")(weights, train=train)
-        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, d)
+            drop = lambda w: layers.Dropout(self.attn_drop_rate, sampler=self.dropout_sampler,
+                                            name="attn_dropout")(w, train=train)
+        out = attention(q, k, v, key_mask, drop)
         return nn.Dense(d, kernel_init=self.kernel_init, name="out")(out)
 
 

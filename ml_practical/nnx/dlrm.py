@@ -85,11 +85,7 @@ class DLRM(nnx.Module):
             z = self._hidden(z, f"bottom_{i}", f"bottom_norm_{i}", act)
         rows = []
         for j, size in enumerate(cfg.table_sizes):
-            column = id_x[:, j]
-            ids = column.astype(jnp.int32)
-            valid = (ids.astype(column.dtype) == column) & (ids >= 0) & (ids < size)
-            e = getattr(self, f"embed_{j}")(jnp.clip(ids, 0, size - 1))
-            rows.append(jnp.where(valid[:, None], e, jnp.nan))
+            rows.append(linen_dlrm.lookup(getattr(self, f"embed_{j}"), id_x[:, j], size))
         e = jnp.stack(rows, axis=1)
         if cfg.embed_drop_rate > 0.0:
             e = self.embed_dropout(e)

@@ -5,8 +5,6 @@ residual dropouts; "final_norm", "head") and so the same parameter structure."""
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -39,10 +37,7 @@ class _Attention(nnx.Module):
         head = d // h
         q, k, v = (getattr(self, name)(x).reshape(n, length, h, head)
                    for name in ("query", "key", "value"))
-        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(head)
-        logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-        weights = _apply(self.attn_dropout, jax.nn.softmax(logits, axis=-1))
-        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, d)
+        out = linen_tf.attention(q, k, v, key_mask, lambda w: _apply(self.attn_dropout, w))
         return self.out(out)
 
 
