@@ -171,6 +171,19 @@ def activation_stats(model: nn.Module, variables: Mapping[str, Any], x: jax.Arra
     return _to_host(stats)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "bins"))
+def _activation_stats_nnx_jit(state, x, *, graphdef, bins):
+    """Compiled once per model structure (the hashable GraphDef), shapes and `bins`, like
+    `_activation_stats_jit`, so a logger calling it every K epochs does not recompile."""
+    from flax import nnx
+
+    from ml_practical.nnx.capture import intermediates
+
+    copy = nnx.merge(graphdef, state)
+    _, sown = intermediates(lambda m, x: m(x), copy, x)
+    return {layer: _layer_stats(kinds, bins) for layer, kinds in sown_by_layer(sown).items()}
+
+
 def activation_stats_nnx(model: Any, x: jax.Array, *,
                          bins: int = 50) -> dict[str, dict[str, dict[str, Any]]]:
     """`activation_stats` for a Flax NNX model, in the mode it is in.
@@ -195,19 +208,10 @@ def activation_stats_nnx(model: Any, x: jax.Array, *,
     """
     from flax import nnx
 
-    from ml_practical.nnx.capture import intermediates
-
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 0:
         raise ValueError(f"bins: {bins!r}; expected an integer >= 0 (0 = no histograms)")
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def stats_of(state, x):
-        copy = nnx.merge(graphdef, state)
-        _, sown = intermediates(lambda m, x: m(x), copy, x)
-        return {layer: _layer_stats(kinds, bins) for layer, kinds in sown_by_layer(sown).items()}
-
-    stats = stats_of(state, x)
+    stats = _activation_stats_nnx_jit(state, x, graphdef=graphdef, bins=bins)
     if not stats:
         raise ValueError(f"model: {type(model).__name__} sows no 'preact' / 'act' "
                          "intermediates; see the contract in ml_practical.models")
