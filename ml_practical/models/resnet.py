@@ -236,10 +236,7 @@ class _Block(nn.Module):
         return out
 
     def _branch_shape(self):
-        if self.bottleneck:
-            inner = self.features // BOTTLENECK_EXPANSION
-            return (inner, inner, self.features), (1, 3, 1), (1, self.stride, 1)
-        return (self.features, self.features), (3, 3), (self.stride, 1)
+        return branch_shape(self.features, self.stride, self.bottleneck)
 
     def _preact(self, x, act, train, mc_dropout):
         """norm -> act -> conv, twice (dropout between, as WRN), + shortcut (He et al. 2016b)."""
@@ -281,6 +278,16 @@ class _Block(nn.Module):
         out = act(y + self._shortcut(x + bias_in, train))
         conv.sow("intermediates", "act", out)
         return out
+
+
+def branch_shape(features: int, stride: int, bottleneck: bool):
+    """A residual branch's (widths, kernel sizes, strides) per conv: basic 3x3, 3x3 (the stride
+    on the first), or bottleneck 1x1, 3x3, 1x1 with 4x expansion (the stride on the 3x3, as
+    torchvision)."""
+    if bottleneck:
+        inner = features // BOTTLENECK_EXPANSION
+        return (inner, inner, features), (1, 3, 1), (1, stride, 1)
+    return (features, features), (3, 3), (stride, 1)
 
 
 class ResNet(nn.Module):

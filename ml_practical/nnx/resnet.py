@@ -118,11 +118,8 @@ class _Block(nnx.Module):
                 self.norm_1 = norm1
             self.conv_1 = self._conv(features, features, 3, 1, rngs=rngs)
         else:
-            # The branch's widths, kernels and strides, from the linen block itself (unbound,
-            # parent=None so that no linen module being set up around this one adopts it;
-            # `_branch_shape` reads only its fields).
-            self.branch = linen_resnet._Block(net, features, stride, bottleneck, fixup_factor,
-                                              parent=None)._branch_shape()
+            # The branch's widths, kernels and strides: the linen block's rule.
+            self.branch = linen_resnet.branch_shape(features, stride, bottleneck)
             widths, kernels, strides = self.branch
             fixup = self.form == "fixup"
             n_in = in_features
