@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 from flax import nnx
 
 from ml_practical import models as linen_models
@@ -99,7 +98,7 @@ def linen_variables(model: nnx.Module) -> dict[str, Any]:
     for collection, kind in _COLLECTIONS.items():
         pure = nnx.to_pure_dict(nnx.state(model, kind))
         if pure or collection == "params":
-            out[collection] = jax.tree.map(lambda a: a, pure)
+            out[collection] = pure
     return out
 
 
